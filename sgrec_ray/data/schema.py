@@ -1,0 +1,75 @@
+"""The canonical Arrow tables every loader produces and every later stage reads.
+
+Loaders differ (MovieLens atomic files, a team's own Parquet logs, MiniOneRec CSVs); from the data
+stage on, everything speaks these schemas. Items get a dense ``item_idx`` (0..n_items-1) because the
+generator, the SID table and the metrics index arrays by it; the original ``item_id`` is kept for
+people and for serving.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# One row per item. Text fields named in data.item_text_fields are extra string columns.
+ITEMS = pa.schema(
+    [
+        ("item_idx", pa.int32()),  # dense 0..n_items-1, the index used by every model and table
+        ("item_id", pa.string()),  # the id in the source data
+        ("title", pa.string()),
+        ("text", pa.string()),  # the text that gets embedded for semantic IDs
+    ]
+)
+
+# One row per (validated) event, sorted by user then time (stable: ties keep file order).
+INTERACTIONS = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("item_idx", pa.int32()),
+        ("timestamp", pa.int64()),  # seconds since epoch
+        ("rating", pa.float32()),  # null when the source has none
+        ("value", pa.float32()),  # optional business value of the event (null if absent)
+    ]
+)
+
+# Training sequences: every item at position >= loss_from is a next-item target given the items
+# before it in the same row. Windows of a long history overlap, and loss_from makes each target count once.
+SEQUENCES = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("items", pa.list_(pa.int32())),
+        ("loss_from", pa.int32()),
+    ]
+)
+
+# Evaluation samples (valid / test): predict ``target`` from ``history`` (oldest first, already
+# truncated to data.max_history). ``seen`` is every item the user interacted with before the target
+# (not truncated), for seen-item exclusion.
+SAMPLES = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("history", pa.list_(pa.int32())),
+        ("target", pa.int32()),
+        ("timestamp", pa.int64()),
+        ("seen", pa.list_(pa.int32())),
+    ]
+)
+
+# Rejected input rows, kept with the reason (never dropped silently).
+REJECTS = pa.schema(
+    [
+        ("source", pa.string()),  # which file
+        ("row", pa.int64()),  # 0-based row number in that file
+        ("reason", pa.string()),
+        ("record", pa.string()),  # the offending row as JSON
+    ]
+)
+
+# File names inside <run>/data/
+ITEMS_FILE = "items.parquet"
+USERS_FILE = "users.parquet"  # user_id + any feature columns (optional)
+INTERACTIONS_FILE = "interactions.parquet"
+REJECTS_FILE = "rejects.parquet"
+TRAIN_FILE = "train.parquet"  # SEQUENCES
+VALID_FILE = "valid.parquet"  # SAMPLES
+TEST_FILE = "test.parquet"  # SAMPLES
+STATS_FILE = "stats.json"

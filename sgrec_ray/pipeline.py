@@ -1,0 +1,86 @@
+"""The pipeline: an ordered table of stages, each a plain ``run(ctx) -> StageResult`` function.
+
+Reads top to bottom: for each requested stage, check its inputs finished, skip it if an identical
+finished manifest exists, otherwise run it and write its manifest last. Later issues add stages to
+``STAGES``; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sgrec_ray.config import Config
+from sgrec_ray.runs import RunContext, StageResult, fingerprint, write_manifest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    sections: tuple[str, ...]  # config sections its output depends on
+    needs: tuple[str, ...]  # upstream stages whose outputs it reads
+    target: str  # "module:function", imported only when the stage runs (keeps the CLI light)
+    uses_ray: bool = True
+
+    def load(self) -> Callable[[RunContext], StageResult]:
+        module, fn = self.target.split(":")
+        return getattr(importlib.import_module(module), fn)
+
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in [
+        Stage("data", ("data",), (), "sgrec_ray.data.stage:run", uses_ray=False),
+        Stage("sid", ("sid",), ("data",), "sgrec_ray.sid.stage:run"),
+        Stage("sft", ("generator", "sft"), ("data", "sid"), "sgrec_ray.generator.sft:run"),
+        Stage("eval", ("eval",), ("data", "sid", "sft"), "sgrec_ray.eval.stage:run"),
+    ]
+}
+DEFAULT_STAGES = ["data", "sid", "sft", "eval"]
+
+
+def parse_stages(spec: str | list[str] | None) -> list[str]:
+    """``"data,sid"`` → ordered, validated stage names (pipeline order, whatever order was given)."""
+    if spec is None:
+        return list(DEFAULT_STAGES)
+    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; known stages: {list(STAGES)}")
+    return [n for n in STAGES if n in names]
+
+
+def run_stage(ctx: RunContext, name: str) -> dict:
+    """Run one stage unless an identical finished manifest exists; return its manifest."""
+    stage = STAGES[name]
+    upstream = {dep: ctx.require(dep)["fingerprint"] for dep in stage.needs}
+    fp = fingerprint(ctx.cfg, (*stage.sections, "run_seed"), upstream)
+    previous = ctx.manifest(name)
+    if previous and previous.get("fingerprint") == fp and not ctx.force:
+        log.info("stage %-5s up to date (fingerprint %s), skipped; --force reruns it", name, fp)
+        return previous
+    if stage.uses_ray:
+        from sgrec_ray.ray_utils import ensure_ray
+
+        ensure_ray(ctx.cfg)
+    log.info("stage %-5s running → %s", name, ctx.stage_uri(name))
+    started = time.time()
+    result = stage.load()(ctx)
+    manifest = write_manifest(ctx, name, fp, upstream, result, started)
+    log.info("stage %-5s done in %.1fs", name, manifest["wall_s"])
+    return manifest
+
+
+def run(cfg: Config, stages: str | list[str] | None = None, force: bool = False) -> dict:
+    """Run the requested stages in pipeline order, then rebuild the run report. Returns the report."""
+    from sgrec_ray.report import write_report
+
+    ctx = RunContext(cfg, force=force)
+    for name in parse_stages(stages):
+        run_stage(ctx, name)
+    return write_report(ctx)

@@ -1,0 +1,45 @@
+"""Connecting to Ray the same way from a test, the CLI, and a submitted job."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+from sgrec_ray.config import Config
+
+log = logging.getLogger(__name__)
+
+# Passed to every Ray worker: models load from local packages only (no hub calls), and S3 settings
+# reach workers (setting them in the driver after ray.init is not enough).
+_PASSTHROUGH = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+)
+
+
+def worker_env(cfg: Config) -> dict[str, str]:
+    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.update({k: os.environ[k] for k in _PASSTHROUGH if k in os.environ})
+    env.update(cfg.ray.env_vars)
+    return env
+
+
+def ensure_ray(cfg: Config) -> None:
+    """Start or join Ray unless the caller (a test fixture, a Ray job) already did."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict = {"runtime_env": {"env_vars": worker_env(cfg)}, "log_to_driver": True}
+    if address:
+        kwargs["address"] = address
+    elif cfg.ray.num_cpus is not None:
+        kwargs["num_cpus"] = cfg.ray.num_cpus
+    log.info("ray.init(address=%s)", address or "local")
+    ray.init(**kwargs)

@@ -1,0 +1,51 @@
+"""Shared fixtures: one local Ray session for the whole test run, the tiny config, temp run roots."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for every test that needs it (starting Ray costs seconds; tests share it)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=4,  # logical slots: lets 2 fractional Train workers + Data tasks fit on 2 cores
+            include_dashboard=False,
+            runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},
+            log_to_driver=False,
+        )
+    yield ray
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    """configs/tiny.yaml with its run stored under a fresh temp folder."""
+    from sgrec_ray.config import load_config
+
+    return load_config(REPO / "configs" / "tiny.yaml", [f"run.storage={tmp_path}/runs"])
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, ray_session):
+    """The tiny pipeline run once (data, sid, sft, eval) and shared by tests that only read its outputs."""
+    from sgrec_ray import pipeline
+    from sgrec_ray.config import load_config
+    from sgrec_ray.runs import RunContext
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"run.storage={root}/runs"])
+    pipeline.run(cfg)
+    return RunContext(cfg)
