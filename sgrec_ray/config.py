@@ -132,6 +132,10 @@ class EvalSection:
     )
     # Evaluate only the first N users (deterministic). None = all.
     max_users: int | None = None
+    # Generation runs as a Ray Data actor pool: actors, and resources per actor.
+    concurrency: int = 1
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
 
 
 @dataclass
@@ -207,6 +211,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return {_coerce(k, k_tp, key): _coerce(v, v_tp, f"{key}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-3" (no dot) as a string; it is plainly meant as a number.
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if tp is int and (isinstance(value, bool) or not isinstance(value, int)):

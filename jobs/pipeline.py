@@ -1,0 +1,13 @@
+"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/pipeline.py --config configs/ml100k.yaml`."""
+
+import sys
+from pathlib import Path
+
+# Under `ray job submit --working-dir .` the driver's cwd is the uploaded repo; make the package
+# importable even where it is not pip-installed (the cluster image normally installs it).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sgrec_ray.cli import job_main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(job_main(None))

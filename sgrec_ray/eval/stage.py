@@ -1,0 +1,152 @@
+"""The eval stage: the generator and the popularity baseline on the same split, full catalogue.
+
+Generation runs as a Ray Data actor pool (one model per actor, batches of users), so the same code
+scores 943 users on a laptop or millions on a GPU cluster by changing ``eval.concurrency`` and
+``eval.gpus_per_actor``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from sgrec_ray import storage
+from sgrec_ray.data import schema
+from sgrec_ray.eval.metrics import ranking_metrics
+from sgrec_ray.eval.popularity import item_counts, popularity_ranking, recommend_popular
+from sgrec_ray.runs import RunContext, StageResult
+
+log = logging.getLogger(__name__)
+
+SUFFIX = {"plain": "", "exclude_seen": "_exclude_seen"}
+
+
+class _TopK:
+    """Ray Data actor: loads the generator once, then answers batches of eval samples."""
+
+    def __init__(self, model_uri: str, k: int, beam_width: int, exclude_seen: bool, device: str):
+        from sgrec_ray.generator.decode import Recommender
+
+        self.rec = Recommender.load(model_uri, device=device)
+        self.k, self.beam_width, self.exclude_seen = k, beam_width, exclude_seen
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        histories = [list(map(int, h)) for h in batch["history"]]
+        exclude = [set(map(int, s)) for s in batch["seen"]] if self.exclude_seen else None
+        results = self.rec.recommend(histories, k=self.k, beam_width=self.beam_width, exclude=exclude)
+        return {
+            "user_id": batch["user_id"],
+            "target": batch["target"],
+            "items": [[i for i, _ in r] for r in results],
+            "scores": [[s for _, s in r] for r in results],
+        }
+
+
+def generate_topk(
+    ctx: RunContext, samples: pa.Table, model_uri: str, k: int, exclude_seen: bool
+) -> pa.Table:
+    """Top-k items per sample from the generator at ``model_uri``, in the order of ``samples``."""
+    import ray
+
+    e = ctx.cfg.eval
+    ds = ray.data.from_arrow(samples.select(["user_id", "history", "target", "seen"]))
+    out = ds.map_batches(
+        _TopK,
+        fn_constructor_kwargs={
+            "model_uri": model_uri,
+            "k": k,
+            "beam_width": max(e.beam_width, k),
+            "exclude_seen": exclude_seen,
+            "device": "cuda" if e.gpus_per_actor > 0 else "cpu",
+        },
+        batch_size=e.batch_size,
+        concurrency=e.concurrency,
+        num_cpus=e.cpus_per_actor,
+        num_gpus=e.gpus_per_actor,
+    )
+    table = out.to_arrow_refs()
+    result = pa.concat_tables(ray.get(table)) if table else samples.slice(0, 0)
+    # Ray Data may reorder blocks: put rows back in sample order (user_id is unique per split).
+    order = {u: i for i, u in enumerate(samples.column("user_id").to_pylist())}
+    idx = np.argsort([order[u] for u in result.column("user_id").to_pylist()], kind="stable")
+    return result.take(pa.array(idx))
+
+
+def load_eval_samples(ctx: RunContext) -> pa.Table:
+    """The eval split's samples, cut to eval.max_users (first N, deterministic) when set."""
+    e = ctx.cfg.eval
+    samples = storage.read_table(ctx.path("data", f"{e.split}.parquet"))
+    if e.max_users is not None:
+        samples = samples.slice(0, e.max_users)
+    return samples
+
+
+def evaluate_model(
+    ctx: RunContext, name: str, model_uri: str, samples: pa.Table, n_items: int
+) -> dict[str, dict[str, float]]:
+    """Metrics of the generator at ``model_uri`` for every configured setting: {name[_suffix]: metrics}.
+
+    Later stages (A2PO) call this with their own checkpoint, so all rows of a report are scored alike.
+    """
+    e = ctx.cfg.eval
+    kmax = max(e.ks)
+    targets = samples.column("target").to_pylist()
+    rows = {}
+    for setting in e.settings:
+        preds = generate_topk(ctx, samples, model_uri, kmax, exclude_seen=setting == "exclude_seen")
+        storage.write_table(ctx.path("eval", f"predictions_{name}{SUFFIX[setting]}.parquet"), preds)
+        rows[f"{name}{SUFFIX[setting]}"] = ranking_metrics(
+            preds.column("items").to_pylist(), targets, e.ks, n_items
+        )
+    return rows
+
+
+def run(ctx: RunContext) -> StageResult:
+    e = ctx.cfg.eval
+    n_items = storage.read_table(ctx.path("data", schema.ITEMS_FILE), columns=["item_idx"]).num_rows
+    samples = load_eval_samples(ctx)
+    targets = samples.column("target").to_pylist()
+    seen = [set(s) for s in samples.column("seen").to_pylist()]
+    counts = item_counts(storage.read_table(ctx.path("data", schema.TRAIN_FILE)), n_items)
+    order = popularity_ranking(counts)
+    kmax = max(e.ks)
+
+    methods: dict[str, dict[str, float]] = {}
+    for setting in e.settings:
+        exclude = seen if setting == "exclude_seen" else None
+        ranked = recommend_popular(order, kmax, exclude, len(targets))
+        methods[f"pop{SUFFIX[setting]}"] = ranking_metrics(ranked, targets, e.ks, n_items)
+    methods.update(evaluate_model(ctx, "sft", ctx.require("sft")["outputs"]["model"], samples, n_items))
+
+    log.info("eval on %s (%d users, %d items):\n%s", e.split, len(targets), n_items, format_table(methods))
+    return StageResult(
+        outputs={"predictions": ctx.stage_uri("eval")},
+        metrics={
+            "split": e.split,
+            "users": len(targets),
+            "n_items": n_items,
+            "beam_width": e.beam_width,
+            "methods": methods,
+        },
+    )
+
+
+def format_table(methods: dict[str, dict[str, float]], columns: list[str] | None = None) -> str:
+    """Fixed-width text table of metric rows (also used by the report and the CLI)."""
+    if not methods:
+        return "(no rows)"
+    if columns is None:
+        first = next(iter(methods.values()))
+        columns = [c for c in first if c.startswith(("hr@", "ndcg@")) or c in ("mrr", "valid_rate")]
+        columns += [c for c in first if c.startswith("coverage@")]
+    width = max(len(n) for n in methods) + 2
+    lines = ["method".ljust(width) + "".join(c.rjust(12) for c in columns)]
+    for name, row in methods.items():
+        cells = "".join(
+            (f"{row[c]:.4f}" if c in row and row[c] is not None else "-").rjust(12) for c in columns
+        )
+        lines.append(name.ljust(width) + cells)
+    return "\n".join(lines)

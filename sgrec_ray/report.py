@@ -1,0 +1,122 @@
+"""The run report: ``report.json`` + ``report.md`` at the run root, rebuilt from stage manifests.
+
+The report is derived, never a source of truth: each stage's manifest holds its own figures, and this
+module only gathers them. So rerunning any subset of stages leaves a consistent report, and later
+stages (judge, A2PO) extend it by adding a section builder here.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Any
+
+from sgrec_ray import storage
+from sgrec_ray.runs import RunContext
+
+log = logging.getLogger(__name__)
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+
+
+def build_report(ctx: RunContext) -> dict[str, Any]:
+    """Gather what finished stages measured into the documented report.json layout."""
+    report: dict[str, Any] = {"run": ctx.cfg.run.name, "config": ctx.cfg.to_dict(), "stages": {}}
+    for stage in ("data", "sid", "sft", "eval"):
+        manifest = ctx.manifest(stage)
+        if manifest is None:
+            continue
+        report["stages"][stage] = {
+            k: manifest[k] for k in ("fingerprint", "finished_at", "wall_s") if k in manifest
+        }
+        metrics = manifest.get("metrics", {})
+        if stage == "data":
+            report["dataset"] = metrics
+        elif stage == "sid":
+            report["sid"] = metrics
+        elif stage == "sft":
+            report["sft"] = metrics
+        elif stage == "eval":
+            report["methods"] = metrics.get("methods", {})
+            report["eval"] = {k: v for k, v in metrics.items() if k != "methods"}
+    return report
+
+
+def _plot_sft_curve(ctx: RunContext) -> str | None:
+    """Loss per epoch from the SFT log, as a PNG next to the report; None when there is no log."""
+    uri = ctx.path("sft", "train_log.jsonl")
+    if not storage.exists(uri):
+        return None
+    rows = [json.loads(line) for line in storage.read_text(uri).splitlines() if line.strip()]
+    rows = [r for r in rows if "loss" in r and "epoch" in r]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([r["epoch"] for r in rows], [r["loss"] for r in rows], marker="o")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("SFT loss (next-SID NLL)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    storage.write_bytes(storage.join(ctx.run_uri, "sft_loss.png"), buf.getvalue())
+    return "sft_loss.png"
+
+
+def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
+    from sgrec_ray.eval.stage import format_table
+
+    out = [f"# sgrec-ray report: `{report['run']}`", ""]
+    ds = report.get("dataset")
+    if ds:
+        out += ["## Dataset", "", "| statistic | value |", "|---|---|"]
+        for key, value in ds.items():
+            if isinstance(value, dict | list):
+                value = json.dumps(value)
+            out.append(f"| {key} | {value} |")
+        out.append("")
+    sid = report.get("sid")
+    if sid:
+        out += ["## Semantic IDs", "", "```", json.dumps(sid, indent=2), "```", ""]
+    methods = report.get("methods")
+    if methods:
+        ev = report.get("eval", {})
+        out += [
+            "## Results",
+            "",
+            f"Split `{ev.get('split')}`, {ev.get('users')} users, full catalogue of "
+            f"{ev.get('n_items')} items, beam width {ev.get('beam_width')}. Plain rows rank all "
+            "items; `*_exclude_seen` rows remove items the user already interacted with. "
+            "`mrr` is over the returned list (MRR@max k).",
+            "",
+            "```",
+            format_table(methods),
+            "```",
+            "",
+        ]
+    sft = report.get("sft")
+    if sft:
+        out += ["## SFT", "", "```", json.dumps(sft, indent=2), "```", ""]
+    for title, name in plots.items():
+        out += [f"![{title}]({name})", ""]
+    return "\n".join(out)
+
+
+def write_report(ctx: RunContext) -> dict[str, Any]:
+    report = build_report(ctx)
+    plots = {}
+    curve = _plot_sft_curve(ctx)
+    if curve:
+        plots["SFT loss"] = curve
+    storage.write_json(storage.join(ctx.run_uri, REPORT_JSON), report)
+    storage.write_text(storage.join(ctx.run_uri, REPORT_MD), render_markdown(report, plots))
+    log.info("report: %s", storage.join(ctx.run_uri, REPORT_MD))
+    return report
