@@ -32,7 +32,8 @@ INTERACTIONS = pa.schema(
 )
 
 # Training sequences: every item at position >= loss_from is a next-item target given the items
-# before it in the same row. Windows of a long history overlap, and loss_from makes each target count once.
+# before it in the same row. Windows of a long history overlap, and loss_from makes each target
+# count once.
 SEQUENCES = pa.schema(
     [
         ("user_id", pa.string()),
@@ -64,6 +65,15 @@ REJECTS = pa.schema(
     ]
 )
 
+# Semantic IDs shipped with the data (minionerec index json), for sid.method=precomputed: one row
+# per item that has codes; codes[l] is the code at level l (token "<a_60>" → level 0, code 60).
+SID_CODES = pa.schema(
+    [
+        ("item_idx", pa.int32()),
+        ("codes", pa.list_(pa.int32())),
+    ]
+)
+
 # File names inside <run>/data/
 ITEMS_FILE = "items.parquet"
 USERS_FILE = "users.parquet"  # user_id + any feature columns (optional)
@@ -73,3 +83,4 @@ TRAIN_FILE = "train.parquet"  # SEQUENCES
 VALID_FILE = "valid.parquet"  # SAMPLES
 TEST_FILE = "test.parquet"  # SAMPLES
 STATS_FILE = "stats.json"
+SID_CODES_FILE = "sid_codes.parquet"  # SID_CODES; only when the source ships SIDs (minionerec)

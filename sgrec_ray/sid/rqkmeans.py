@@ -1,14 +1,14 @@
-"""Residual k-means (RQ-KMeans) semantic IDs and collision resolution. Pure numpy/scikit-learn, no Ray.
+"""Residual k-means (RQ-KMeans) semantic IDs and collision resolution. Pure numpy/sklearn, no Ray.
 
 Level 1 clusters the item embeddings into K codes; level 2 clusters what level 1 failed to explain
-(the residual ``x - centroid``), and so on, so an item's L codes form a coarse-to-fine description of
-its embedding and items sharing a prefix are semantically close. That is what lets a generator that
-decodes SIDs token by token generalise across items.
+(the residual ``x - centroid``), and so on, so an item's L codes form a coarse-to-fine description
+of its embedding and items sharing a prefix are semantically close. That is what lets a generator
+that decodes SIDs token by token generalise across items.
 
 L codes of K values cannot guarantee uniqueness (two near-identical titles land on the same path),
 so :func:`resolve_collisions` appends one disambiguation level: the rank of the item among the items
-sharing its L-level prefix (ordered by ``item_idx``). Every SID is then unique, which the trie and the
-generator's "one SID = one item" contract need.
+sharing its L-level prefix (ordered by ``item_idx``). Every SID is then unique, which the trie and
+the generator's "one SID = one item" contract need.
 """
 
 from __future__ import annotations
@@ -42,11 +42,13 @@ class RQResult:
 
 @dataclass
 class CollisionReport:
-    """How many items shared an L-level SID before the disambiguation level, and after (always 0)."""
+    """How many items share an L-level SID before the disambiguation level, and after (always 0)."""
 
     collision_rate_before: float  # share of items whose L-level SID is shared with another item
     collision_rate_after: float
-    max_group_size: int  # largest set of items sharing one L-level SID (>= 1): the extra level's size
+    max_group_size: (
+        int  # largest set of items sharing one L-level SID (>= 1): the extra level's size
+    )
     colliding_groups: int  # number of L-level SIDs held by more than one item
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,7 +75,9 @@ def rq_kmeans(
     points: asking scikit-learn for more either fails or yields empty duplicate centroids.
     """
     if embeddings.ndim != 2 or embeddings.shape[0] == 0:
-        raise ValueError(f"embeddings must be a non-empty [n_items, dim] array, got {embeddings.shape}")
+        raise ValueError(
+            f"embeddings must be a non-empty [n_items, dim] array, got {embeddings.shape}"
+        )
     if levels < 1 or codes < 1:
         raise ValueError(f"levels and codes must be >= 1, got levels={levels} codes={codes}")
     n = embeddings.shape[0]

@@ -67,7 +67,9 @@ class SidVocab:
 
     def token(self, level: int, code: int) -> int:
         if not 0 <= code < self.level_sizes[level]:
-            raise ValueError(f"code {code} out of range for level {level} (size {self.level_sizes[level]})")
+            raise ValueError(
+                f"code {code} out of range for level {level} (size {self.level_sizes[level]})"
+            )
         return self._offsets[level] + int(code)
 
     def item_tokens(self, codes_row: Any) -> list[int]:
@@ -93,7 +95,9 @@ class SidVocab:
     @classmethod
     def from_json(cls, text: str) -> SidVocab:
         raw = json.loads(text)
-        return cls(level_sizes=list(raw["level_sizes"]), n_special=int(raw.get("n_special", N_SPECIAL)))
+        return cls(
+            level_sizes=list(raw["level_sizes"]), n_special=int(raw.get("n_special", N_SPECIAL))
+        )
 
 
 class SidTrie:
@@ -125,7 +129,7 @@ class SidTrie:
             table = np.full((n_prefixes, vocab.level_sizes[d]), -1, dtype=np.int64)
             table[pid, codes[:, d]] = nxt
             self.child.append(table)
-            # Sparse form keyed by token tuples; one representative item per prefix gives its tokens.
+            # Sparse form keyed by token tuples; one item per prefix gives the prefix's tokens.
             first = np.zeros(n_prefixes, dtype=np.int64)
             first[pid] = np.arange(n)  # any item with the prefix will do: they share those tokens
             for p in range(n_prefixes):
