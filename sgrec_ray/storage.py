@@ -124,7 +124,9 @@ def download_dir(uri: str, local_dir: str) -> str:
     fs, path = filesystem(uri)
     if isinstance(fs, pafs.LocalFileSystem):
         return path
-    pafs.copy_files(path, local_dir, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    pafs.copy_files(
+        path, local_dir, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
+    )
     return local_dir
 
 
@@ -133,4 +135,6 @@ def upload_dir(local_dir: str, uri: str) -> None:
     if isinstance(fs, pafs.LocalFileSystem) and os.path.abspath(local_dir) == path:
         return
     fs.create_dir(path, recursive=True)
-    pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    pafs.copy_files(
+        local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs
+    )

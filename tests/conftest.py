@@ -15,8 +15,37 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+S3_BUCKET = "sgrec-test"
+
+
 @pytest.fixture(scope="session")
-def ray_session():
+def s3_server():
+    """A real S3 API server (moto's server mode) on 127.0.0.1 with bucket ``sgrec-test``.
+
+    Started before Ray so its endpoint and dummy credentials reach every Ray worker: setting them
+    after ray.init is not enough (RAY_NOTES.md). Production code keeps plain s3:// URIs.
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    os.environ.update(env)
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket=S3_BUCKET)
+    yield env
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_server):
     """One local Ray for every test that needs it (starting Ray costs seconds; tests share it)."""
     import ray
 
@@ -24,7 +53,9 @@ def ray_session():
         ray.init(
             num_cpus=4,  # logical slots: lets 2 fractional Train workers + Data tasks fit on 2 cores
             include_dashboard=False,
-            runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},
+            runtime_env={
+                "env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **s3_server}
+            },
             log_to_driver=False,
         )
     yield ray

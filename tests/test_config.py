@@ -19,7 +19,9 @@ def test_every_config_loads_and_says_how_to_run_it(path):
 
 
 def test_overrides_are_typed():
-    cfg = config_from_dict({}, ["sft.epochs=3", "sft.lr=1e-3", "eval.ks=[1, 10]", "ray.address=null"])
+    cfg = config_from_dict(
+        {}, ["sft.epochs=3", "sft.lr=1e-3", "eval.ks=[1, 10]", "ray.address=null"]
+    )
     assert cfg.sft.epochs == 3 and isinstance(cfg.sft.epochs, int)
     assert cfg.sft.lr == pytest.approx(1e-3)
     assert cfg.eval.ks == [1, 10]
@@ -64,4 +66,6 @@ def test_section_hash_changes_only_with_its_sections():
     b = config_from_dict({}, ["eval.beam_width=7"])
     assert a.section_hash("sft") == b.section_hash("sft")
     assert a.section_hash("eval") != b.section_hash("eval")
-    assert a.section_hash("run_seed") != config_from_dict({}, ["run.seed=1"]).section_hash("run_seed")
+    assert a.section_hash("run_seed") != config_from_dict({}, ["run.seed=1"]).section_hash(
+        "run_seed"
+    )

@@ -36,7 +36,9 @@ class _TopK:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         histories = [list(map(int, h)) for h in batch["history"]]
         exclude = [set(map(int, s)) for s in batch["seen"]] if self.exclude_seen else None
-        results = self.rec.recommend(histories, k=self.k, beam_width=self.beam_width, exclude=exclude)
+        results = self.rec.recommend(
+            histories, k=self.k, beam_width=self.beam_width, exclude=exclude
+        )
         return {
             "user_id": batch["user_id"],
             "target": batch["target"],
@@ -119,9 +121,17 @@ def run(ctx: RunContext) -> StageResult:
         exclude = seen if setting == "exclude_seen" else None
         ranked = recommend_popular(order, kmax, exclude, len(targets))
         methods[f"pop{SUFFIX[setting]}"] = ranking_metrics(ranked, targets, e.ks, n_items)
-    methods.update(evaluate_model(ctx, "sft", ctx.require("sft")["outputs"]["model"], samples, n_items))
+    methods.update(
+        evaluate_model(ctx, "sft", ctx.require("sft")["outputs"]["model"], samples, n_items)
+    )
 
-    log.info("eval on %s (%d users, %d items):\n%s", e.split, len(targets), n_items, format_table(methods))
+    log.info(
+        "eval on %s (%d users, %d items):\n%s",
+        e.split,
+        len(targets),
+        n_items,
+        format_table(methods),
+    )
     return StageResult(
         outputs={"predictions": ctx.stage_uri("eval")},
         metrics={
