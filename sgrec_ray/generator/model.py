@@ -1,0 +1,206 @@
+"""The generator: a small causal LM over SID tokens, built by name or grown from a pretrained LM.
+
+Two ways to get one:
+
+* ``build_model(size, vocab_size)``: a from-scratch Llama-style model with nanochat-like named sizes
+  (``tiny`` for tests, ``small`` for ML-100k on a laptop CPU, ``base`` for GPUs). Its vocabulary *is*
+  the SID vocabulary (PAD=0, BOS=1, EOS=2, then one block of tokens per SID level), so our token
+  ids are the model's ids.
+* ``load_pretrained(path, level_sizes)``: the MiniOneRec setting. A Hugging Face causal LM gets one
+  new token per SID code (``<a_12>``…) plus ``<sid_bos>``/``<sid_eos>``, its embeddings are resized,
+  and ``token_map`` (int64 [sid_vocab_size]) maps our ids to the model's ids.
+
+Every other module works in our SID ids and maps through ``token_map`` only at the model boundary,
+so the two settings share encoding, training and decoding.
+
+Checkpoint directory layout (written by :func:`save_generator`, read by :func:`load_generator`)::
+
+    config.json, model.safetensors, …   Hugging Face ``save_pretrained`` output (+ tokenizer files
+                                        for a pretrained base)
+    sid_vocab.json                      the SID vocabulary (``SidVocab.to_json``)
+    item_tokens.npy                     int64 [n_items, depth]: row i = SID token ids of item_idx i
+    generator.json                      size, vocab sizes, token_map, max_history, epoch, step
+    train_state.pt                      optimizer/scheduler state (Ray Train checkpoints only)
+
+With ``item_tokens.npy`` inside, a checkpoint alone is enough to decode: eval and Serve need no
+other artifact of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Any, cast
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from sgrec_ray import storage
+
+PAD, BOS, EOS = 0, 1, 2  # the SID vocabulary's special tokens (same as sgrec_ray.sid.trie)
+N_SPECIAL = 3
+
+GENERATOR_FILE = "generator.json"
+SID_VOCAB_FILE = "sid_vocab.json"
+ITEM_TOKENS_FILE = "item_tokens.npy"
+TRAIN_STATE_FILE = "train_state.pt"
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """The few numbers that define a from-scratch generator (nanochat's GPTConfig spirit)."""
+
+    n_layer: int
+    n_head: int
+    d_model: int
+    d_ff: int
+    max_positions: int = 1024
+
+
+# One table of named sizes; an unknown name errors with sorted(SIZES) so messages never drift.
+SIZES: dict[str, ModelSize] = {
+    "tiny": ModelSize(n_layer=2, n_head=2, d_model=32, d_ff=64),  # tests: builds and steps in ms
+    "small": ModelSize(n_layer=2, n_head=4, d_model=128, d_ff=384),  # ML-100k on 2 CPU cores
+    "base": ModelSize(n_layer=8, n_head=8, d_model=512, d_ff=1536, max_positions=2048),  # GPUs
+}
+
+
+def build_model(size: str, vocab_size: int, seed: int | None = None) -> PreTrainedModel:
+    """A from-scratch Llama-style causal LM whose vocabulary is the SID vocabulary.
+
+    Llama (RMSNorm, RoPE, SwiGLU) rather than GPT-2: no learned position table to outgrow, and the
+    KV-cache path that beam search relies on is the best-trodden one in transformers.
+    """
+    if size not in SIZES:
+        raise ValueError(f"generator.size {size!r} unknown; allowed values: {sorted(SIZES)}")
+    s = SIZES[size]
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=s.d_model,
+        intermediate_size=s.d_ff,
+        num_hidden_layers=s.n_layer,
+        num_attention_heads=s.n_head,
+        num_key_value_heads=s.n_head,
+        max_position_embeddings=s.max_positions,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        tie_word_embeddings=True,  # the SID vocabulary is small; tying halves its parameters
+    )
+    if seed is not None:
+        torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def sid_token_strings(level_sizes: list[int]) -> list[str]:
+    """Token strings of our vocabulary in id order: specials then ``<a_0>…`` (MiniOneRec spelling)."""
+    names = ["<sid_pad>", "<sid_bos>", "<sid_eos>"]
+    for level, n in enumerate(level_sizes):
+        names += [f"<{chr(ord('a') + level)}_{c}>" for c in range(n)]
+    return names
+
+
+def load_pretrained(path: str, level_sizes: list[int]) -> tuple[PreTrainedModel, Any, np.ndarray]:
+    """A pretrained HF causal LM with SID tokens added: (model, tokenizer, token_map).
+
+    ``token_map[i]`` is the model id of our token ``i``. PAD maps to the tokenizer's pad (or eos)
+    token; the rest are new tokens, so their embeddings start from the resize initialisation.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    names = sid_token_strings(level_sizes)
+    tokenizer.add_tokens(names[1:], special_tokens=False)
+    model.resize_token_embeddings(len(tokenizer))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = [tokenizer.convert_tokens_to_ids(name) for name in names[1:]]
+    token_map = np.asarray([pad if pad is not None else 0, *ids], dtype=np.int64)
+    return model, tokenizer, token_map
+
+
+@dataclass
+class GeneratorMeta:
+    """What ``generator.json`` holds: enough to rebuild, map tokens and report provenance."""
+
+    size: str
+    sid_vocab_size: int
+    model_vocab_size: int
+    depth: int
+    n_items: int
+    max_history: int
+    pretrained: str | None = None
+    epoch: int = -1  # last finished epoch (0-based); -1 = untrained
+    step: int = 0  # optimizer steps so far
+    token_map: list[int] = field(default_factory=list)  # our id -> model id (identity if scratch)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> GeneratorMeta:
+        return cls(**json.loads(text))
+
+
+def identity_map(vocab_size: int) -> np.ndarray:
+    return np.arange(vocab_size, dtype=np.int64)
+
+
+def unwrap(model: torch.nn.Module) -> PreTrainedModel:
+    """The HF model inside a DDP wrapper (Ray's prepare_model) or the model itself."""
+    return cast(PreTrainedModel, getattr(model, "module", model))
+
+
+def save_generator(
+    model: torch.nn.Module,
+    out_dir: str,
+    meta: GeneratorMeta,
+    item_tokens: np.ndarray,
+    sid_vocab_json: str,
+    tokenizer: Any | None = None,
+) -> None:
+    """Write a checkpoint directory (layout in the module docstring) to a local ``out_dir``."""
+    os.makedirs(out_dir, exist_ok=True)
+    unwrap(model).save_pretrained(out_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+    np.save(os.path.join(out_dir, ITEM_TOKENS_FILE), np.asarray(item_tokens, dtype=np.int64))
+    with open(os.path.join(out_dir, SID_VOCAB_FILE), "w") as f:
+        f.write(sid_vocab_json)
+    with open(os.path.join(out_dir, GENERATOR_FILE), "w") as f:
+        f.write(meta.to_json())
+
+
+@dataclass
+class Generator:
+    """A loaded checkpoint: the model plus what decoding needs."""
+
+    model: PreTrainedModel
+    meta: GeneratorMeta
+    item_tokens: np.ndarray  # int64 [n_items, depth], our SID token ids
+    token_map: np.ndarray  # int64 [sid_vocab_size]: our id -> model id
+    sid_vocab_json: str
+
+
+def load_generator_dir(local_dir: str, device: str = "cpu") -> Generator:
+    """Load a checkpoint from a local directory (see :func:`load_generator` for URIs)."""
+    with open(os.path.join(local_dir, GENERATOR_FILE)) as f:
+        meta = GeneratorMeta.from_json(f.read())
+    with open(os.path.join(local_dir, SID_VOCAB_FILE)) as f:
+        sid_vocab_json = f.read()
+    item_tokens = np.load(os.path.join(local_dir, ITEM_TOKENS_FILE)).astype(np.int64)
+    model = AutoModelForCausalLM.from_pretrained(local_dir)
+    model = model.to(device).eval()  # type: ignore[arg-type]
+    token_map = np.asarray(meta.token_map or identity_map(meta.sid_vocab_size), dtype=np.int64)
+    return Generator(model, meta, item_tokens, token_map, sid_vocab_json)
+
+
+def load_generator(uri: str, device: str = "cpu") -> Generator:
+    """Load a checkpoint from a local path or an ``s3://`` URI (downloaded to a temp dir first)."""
+    if storage.is_remote(uri):
+        with tempfile.TemporaryDirectory(prefix="sgrec-gen-") as tmp:
+            return load_generator_dir(storage.download_dir(uri, tmp), device)
+    return load_generator_dir(storage.normalize(uri), device)

@@ -1,0 +1,430 @@
+"""The ``sft`` stage: next-item SFT of the generator with Ray Train (``TorchTrainer``, Train V2).
+
+Recipe: read the training windows (SEQUENCES) as a Ray Data dataset, shard it over the workers,
+and run a plain loop per worker: build (or restore) the model, wrap it for DDP, then per epoch
+iterate the shard, step AdamW under a warmup+cosine schedule, and ``ray.train.report`` a checkpoint.
+After ``fit`` the last checkpoint, minus optimizer state, is copied to ``<run>/sft/model``.
+
+Fault tolerance: ``FailureConfig(max_failures)`` restarts the whole worker group after a worker dies;
+the loop then finds ``ray.train.get_checkpoint()`` and continues from the epoch after it, so at
+most the epochs since the last checkpoint are redone. The Ray Train run is named after the stage's
+fingerprint, so rerunning a crashed stage with the same config resumes too, while a changed config
+starts fresh.
+
+Test-only fault injection: when the *driver's* environment has
+``SGREC_TEST_FAIL_AFTER_EPOCH=N``, rank 0 of an attempt that did not start from a checkpoint
+waits until epoch N's checkpoint is registered, then exits the process (``os._exit(1)``) after the
+first step of epoch N+1. Off unless set; only the worker-failure test sets it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
+
+from sgrec_ray import storage
+from sgrec_ray.config import Config
+from sgrec_ray.data.schema import TRAIN_FILE
+from sgrec_ray.generator.encoding import collate, split_windows, training_example
+from sgrec_ray.generator.model import (
+    TRAIN_STATE_FILE,
+    GeneratorMeta,
+    build_model,
+    identity_map,
+    load_pretrained,
+    save_generator,
+    unwrap,
+)
+from sgrec_ray.runs import RunContext, StageResult, fingerprint
+
+STAGE = "sft"
+MODEL_DIR = "model"
+TRAIN_LOG_FILE = "train_log.jsonl"
+FAIL_ENV = "SGREC_TEST_FAIL_AFTER_EPOCH"
+
+
+def run(ctx: RunContext) -> StageResult:
+    """Train the generator on ``<run>/data/train.parquet`` with the run's SIDs."""
+    from sgrec_ray.sid.stage import load_sid_artifacts
+
+    _, vocab, trie = load_sid_artifacts(ctx)
+    upstream = {dep: ctx.require(dep)["fingerprint"] for dep in ("data", "sid")}
+    fp = fingerprint(ctx.cfg, ("generator", "sft", "run_seed"), upstream)
+    return train_generator(
+        ctx.cfg,
+        train_uri=ctx.path("data", TRAIN_FILE),
+        item_tokens=trie.item_token_matrix(),
+        level_sizes=vocab.level_sizes,
+        sid_vocab_json=vocab.to_json(),
+        stage_uri=ctx.stage_uri(STAGE),
+        run_name=f"sft-{fp}",
+        fresh=ctx.force,
+    )
+
+
+def train_generator(
+    cfg: Config,
+    train_uri: str,
+    item_tokens: np.ndarray,
+    level_sizes: list[int],
+    sid_vocab_json: str,
+    stage_uri: str,
+    run_name: str = "sft",
+    fresh: bool = False,
+) -> StageResult:
+    """Run SFT with explicit inputs (the stage's body; tests and benchmarks call it directly).
+
+    Args:
+        train_uri: SEQUENCES Parquet (``items``, ``loss_from``) URI.
+        item_tokens: int64 [n_items, depth], SID token ids of each item_idx.
+        level_sizes: codes per SID level (vocab size = 3 + sum).
+        sid_vocab_json: ``SidVocab.to_json()``, copied into the checkpoint.
+        stage_uri: where ``model/``, ``train_log.jsonl`` and ``ray_train/`` go.
+        run_name: the Ray Train run name; the same name resumes from its latest checkpoint.
+        fresh: delete that run's earlier checkpoints first (``--force``).
+    """
+    started = time.time()
+    sft = cfg.sft
+    storage_path = storage.join(stage_uri, "ray_train")
+    if fresh:
+        storage.delete_dir(storage.join(storage_path, run_name))
+    max_items = cfg.data.max_history + 1
+    ds = ray.data.read_parquet(storage.normalize(train_uri), columns=["items", "loss_from"])
+    ds = ds.map_batches(
+        _window_batch,  # type: ignore[arg-type]  # extra args come from fn_kwargs
+        batch_format="pyarrow",
+        fn_kwargs={"max_items": max_items, "stride": sft.window_stride},
+    ).materialize()
+    n_rows = ds.count()
+    if n_rows == 0:
+        raise ValueError(f"{train_uri}: no training sequences")
+    # Ray Train splits the dataset equally, so every rank runs the same number of steps (DDP needs it).
+    steps_per_epoch = math.ceil((n_rows // sft.num_workers) / sft.batch_size)
+    total_steps = sft.epochs * steps_per_epoch
+    if sft.max_steps is not None:
+        total_steps = min(total_steps, sft.max_steps)
+    fail_after = os.environ.get(FAIL_ENV)
+    loop_config = {
+        "item_tokens": np.asarray(item_tokens, dtype=np.int64),
+        "level_sizes": list(level_sizes),
+        "sid_vocab_json": sid_vocab_json,
+        "size": cfg.generator.size,
+        "pretrained": cfg.generator.pretrained,
+        "max_history": cfg.data.max_history,
+        "seed": cfg.run.seed,
+        "epochs": sft.epochs,
+        "lr": sft.lr,
+        "weight_decay": sft.weight_decay,
+        "batch_size": sft.batch_size,
+        "warmup_steps": int(sft.warmup_ratio * total_steps),
+        "total_steps": max(total_steps, 1),
+        "max_steps": sft.max_steps,
+        "grad_clip": sft.grad_clip,
+        "checkpoint_every": max(sft.checkpoint_every, 1),
+        "fail_after_epoch": int(fail_after) if fail_after else None,
+    }
+    print(
+        f"[sft] {n_rows} training windows, {sft.num_workers} worker(s), "
+        f"{steps_per_epoch} steps/epoch, {total_steps} steps, model {cfg.generator.pretrained or cfg.generator.size}",
+        flush=True,
+    )
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=sft.num_workers,
+            use_gpu=sft.use_gpu,
+            resources_per_worker={"CPU": sft.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=sft.max_failures),
+        ),
+        datasets={"train": ds},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"SFT run {run_name} finished without a checkpoint")
+
+    model_uri = storage.join(stage_uri, MODEL_DIR)
+    log_uri = storage.join(stage_uri, TRAIN_LOG_FILE)
+    with result.checkpoint.as_directory() as ckpt_dir, tempfile.TemporaryDirectory() as tmp:
+        export = os.path.join(tmp, MODEL_DIR)
+        shutil.copytree(ckpt_dir, export, ignore=shutil.ignore_patterns(TRAIN_STATE_FILE))
+        log_path = os.path.join(export, TRAIN_LOG_FILE)
+        with open(log_path) as f:
+            log = [json.loads(line) for line in f if line.strip()]
+        os.remove(log_path)
+        storage.delete_dir(model_uri)
+        storage.upload_dir(export, model_uri)
+    storage.write_text(log_uri, "".join(json.dumps(r) + "\n" for r in log))
+    return StageResult(
+        outputs={"model": model_uri, "train_log": log_uri, "ray_train": storage_path},
+        metrics=_summary(log, n_rows, time.time() - started),
+    )
+
+
+def _window_batch(batch: pa.Table, max_items: int, stride: int) -> pa.Table:
+    """Ray Data UDF: split rows longer than ``max_items`` into windows (a no-op for data-stage rows)."""
+    items, loss_from = [], []
+    for row, lf in zip(
+        batch.column("items").to_pylist(), batch.column("loss_from").to_pylist(), strict=True
+    ):
+        for w_items, w_lf in split_windows(row, lf, max_items, stride):
+            if w_lf < len(w_items):  # a window with no target adds nothing
+                items.append(w_items)
+                loss_from.append(w_lf)
+    return pa.table(
+        {
+            "items": pa.array(items, pa.list_(pa.int32())),
+            "loss_from": pa.array(loss_from, pa.int32()),
+        }
+    )
+
+
+def _summary(log: list[dict[str, Any]], n_rows: int, wall_s: float) -> dict[str, Any]:
+    epochs = [r for r in log if "loss" in r]
+    resumes = [r for r in log if r.get("event") == "resumed"]
+    last = epochs[-1] if epochs else {}
+    return {
+        "final_loss": last.get("loss"),
+        "epochs": len(epochs),
+        "steps": last.get("step", 0),
+        "train_windows": n_rows,
+        "seq_per_s": round(float(np.mean([r["seq_per_s"] for r in epochs])), 1) if epochs else None,
+        "wall_s": round(wall_s, 2),
+        "peak_rss_mb": max((r["peak_rss_mb"] for r in epochs), default=None),
+        "driver_peak_rss_mb": _peak_rss_mb(),
+        "resumed_from_epochs": [r["from_epoch"] for r in resumes],
+        "world_size": last.get("world_size"),
+    }
+
+
+def _peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-worker training loop
+
+
+def _fresh_model(config: dict[str, Any]) -> tuple[torch.nn.Module, Any, np.ndarray]:
+    """(model, tokenizer or None, token_map) for a run that has no checkpoint yet."""
+    vocab_size = 3 + sum(config["level_sizes"])
+    if config["pretrained"]:
+        return load_pretrained(config["pretrained"], config["level_sizes"])
+    model = build_model(config["size"], vocab_size, seed=config["seed"])
+    return model, None, identity_map(vocab_size)
+
+
+def _restore(ckpt: Checkpoint) -> tuple[torch.nn.Module, Any, dict[str, Any], list[dict[str, Any]]]:
+    """(model, tokenizer or None, train state, log) from a Ray Train checkpoint."""
+    with ckpt.as_directory() as d:
+        model = AutoModelForCausalLM.from_pretrained(d)
+        tokenizer = None
+        if os.path.exists(os.path.join(d, "tokenizer_config.json")):
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(d)
+        state = torch.load(os.path.join(d, TRAIN_STATE_FILE), weights_only=False)
+        with open(os.path.join(d, TRAIN_LOG_FILE)) as f:
+            log = [json.loads(line) for line in f if line.strip()]
+    return model, tokenizer, state, log
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices only; norms and biases (1-D) are left alone, as is usual for transformers."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+def _train_loop(config: dict[str, Any]) -> None:
+    """One Ray Train worker: setup (fresh or from checkpoint), then an explicit epoch loop."""
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(config["seed"] + rank)
+    item_tokens: np.ndarray = config["item_tokens"]
+
+    ckpt = ray.train.get_checkpoint()
+    state: dict[str, Any] | None = None
+    log: list[dict[str, Any]] = []
+    if ckpt is None:
+        model, tokenizer, token_map = _fresh_model(config)
+    else:
+        model, tokenizer, state, log = _restore(ckpt)
+        token_map = np.asarray(state["token_map"], dtype=np.int64)
+    model = ray.train.torch.prepare_model(model)  # device placement + DDP when world > 1
+    device = ray.train.torch.get_device()
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, config["weight_decay"]), lr=config["lr"], betas=(0.9, 0.95)
+    )
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, config["warmup_steps"], config["total_steps"]
+    )
+    start_epoch, step = 0, 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, step = state["epoch"] + 1, state["step"]
+        log.append(
+            {"event": "resumed", "from_epoch": state["epoch"], "step": step, "world_size": world}
+        )
+        if rank == 0:
+            print(
+                f"[sft] resumed from epoch {state['epoch'] + 1} checkpoint (step {step})",
+                flush=True,
+            )
+    max_steps = config["max_steps"] if config["max_steps"] is not None else math.inf
+    fail_after = config["fail_after_epoch"] if state is None else None  # test hook, see module doc
+
+    shard = ray.train.get_dataset_shard("train")
+    t_start = time.time()
+    for epoch in range(start_epoch, config["epochs"]):
+        if step >= max_steps:
+            break
+        model.train()
+        t0, n_seq, loss_sum, n_batches = time.time(), 0, 0.0, 0
+        for batch in shard.iter_batches(
+            batch_size=config["batch_size"],
+            batch_format="numpy",
+            local_shuffle_buffer_size=4 * config["batch_size"],
+            local_shuffle_seed=config["seed"] * 1000 + epoch,
+        ):
+            examples = [
+                training_example(items, lf, item_tokens)
+                for items, lf in zip(batch["items"], batch["loss_from"], strict=True)
+            ]
+            inputs = {k: v.to(device) for k, v in collate(examples, token_map).items()}
+            loss = model(**inputs).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            n_seq += len(examples)
+            loss_sum += float(loss.detach())
+            n_batches += 1
+            if fail_after is not None and epoch == fail_after + 1 and rank == 0:
+                _inject_failure()
+            if step >= max_steps:
+                break
+        epoch_s = time.time() - t0
+        record = {
+            "epoch": epoch,
+            "step": step,
+            "loss": round(_mean_across_ranks(loss_sum, n_batches, device, world), 5),
+            "seq_per_s": round(n_seq * world / max(epoch_s, 1e-9), 1),
+            "epoch_s": round(epoch_s, 2),
+            "elapsed_s": round(time.time() - t_start, 2),
+            "lr": scheduler.get_last_lr()[0],
+            "world_size": world,
+            "peak_rss_mb": _peak_rss_mb(),
+        }
+        log.append(record)
+        last = epoch == config["epochs"] - 1 or step >= max_steps
+        if rank == 0:
+            print(
+                f"[sft] epoch {epoch + 1}/{config['epochs']} step {step} loss {record['loss']:.4f} "
+                f"{record['seq_per_s']:.0f} seq/s epoch {epoch_s:.1f}s elapsed {record['elapsed_s']:.0f}s",
+                flush=True,
+            )
+        if (epoch + 1) % config["checkpoint_every"] == 0 or last:
+            with tempfile.TemporaryDirectory() as tmp:
+                checkpoint = None
+                if rank == 0:  # one writer; the other ranks still call report (it is a barrier)
+                    _save(
+                        tmp,
+                        model,
+                        tokenizer,
+                        token_map,
+                        optimizer,
+                        scheduler,
+                        epoch,
+                        step,
+                        log,
+                        config,
+                    )
+                    checkpoint = Checkpoint.from_directory(tmp)
+                ray.train.report(record, checkpoint=checkpoint)
+        else:
+            ray.train.report(record)
+        if last:
+            break
+
+
+def _mean_across_ranks(total: float, count: int, device: torch.device, world: int) -> float:
+    """Mean batch loss over all ranks (each rank only sees its shard)."""
+    if world > 1 and torch.distributed.is_initialized():
+        t = torch.tensor([total, float(count)], device=device, dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        total, count = float(t[0]), int(t[1])
+    return total / max(count, 1)
+
+
+def _save(
+    out_dir: str,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    token_map: np.ndarray,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    epoch: int,
+    step: int,
+    log: list[dict[str, Any]],
+    config: dict[str, Any],
+) -> None:
+    """Write a Ray Train checkpoint: the generator checkpoint layout + train state + log."""
+    hf = unwrap(model)
+    meta = GeneratorMeta(
+        size=config["size"],
+        pretrained=config["pretrained"],
+        sid_vocab_size=3 + sum(config["level_sizes"]),
+        model_vocab_size=int(hf.config.vocab_size),
+        depth=int(config["item_tokens"].shape[1]),
+        n_items=int(config["item_tokens"].shape[0]),
+        max_history=config["max_history"],
+        epoch=epoch,
+        step=step,
+        token_map=[int(t) for t in token_map],
+    )
+    save_generator(hf, out_dir, meta, config["item_tokens"], config["sid_vocab_json"], tokenizer)
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            "token_map": token_map,
+        },
+        os.path.join(out_dir, TRAIN_STATE_FILE),
+    )
+    with open(os.path.join(out_dir, TRAIN_LOG_FILE), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in log)
+
+
+def _inject_failure() -> None:
+    """Test-only: die like a lost worker, once the previous epoch's checkpoint is registered."""
+    ray.train.get_all_reported_checkpoints(timeout_s=60)
+    print("[sft] test fault injection: worker exits now", flush=True)
+    os._exit(1)
