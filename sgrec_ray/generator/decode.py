@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,77 +29,14 @@ import torch
 
 from sgrec_ray.generator.encoding import history_tokens, left_pad
 from sgrec_ray.generator.model import Generator, load_generator, unwrap
-
-
-@dataclass
-class TokenTrie:
-    """Dense trie of item SIDs built from ``item_tokens`` int64 [n_items, depth] (our ids).
-
-    Level ``d`` tokens are ``lo[d] .. lo[d] + width[d] - 1``; the local code is ``token - lo[d]``.
-    ``child[d]``: int64 [n_prefixes(d), width[d]], the id of the prefix extended by that code at
-    depth d+1 or -1; after the last level the id is the item_idx. ``node_of_item[d]``: int64
-    [n_items], each item's prefix id at depth d (depth 0 = root 0); ``count[d]``: items per prefix.
-    """
-
-    lo: list[int]
-    width: list[int]
-    child: list[np.ndarray]
-    node_of_item: list[np.ndarray]
-    count: list[np.ndarray]
-
-    @property
-    def depth(self) -> int:
-        return len(self.lo)
-
-    @property
-    def n_items(self) -> int:
-        return len(self.node_of_item[0])
-
-    @classmethod
-    def build(cls, item_tokens: np.ndarray) -> TokenTrie:
-        tokens = np.asarray(item_tokens, dtype=np.int64)
-        if tokens.ndim != 2 or len(tokens) == 0:
-            raise ValueError(
-                f"item_tokens must be a non-empty [n_items, depth] array, got {tokens.shape}"
-            )
-        n, depth = tokens.shape
-        if np.unique(tokens, axis=0).shape[0] != n:
-            raise ValueError("item SIDs are not unique; the sid stage must resolve collisions")
-        lo = [int(tokens[:, d].min()) for d in range(depth)]
-        width = [int(tokens[:, d].max()) - lo[d] + 1 for d in range(depth)]
-        nodes = [np.zeros(n, dtype=np.int64)]
-        for d in range(1, depth):
-            _, inv = np.unique(tokens[:, :d], axis=0, return_inverse=True)
-            nodes.append(inv.reshape(-1).astype(np.int64))
-        nodes.append(np.arange(n, dtype=np.int64))  # leaves are item indices
-        child = []
-        for d in range(depth):
-            table = np.full((int(nodes[d].max()) + 1, width[d]), -1, dtype=np.int64)
-            table[nodes[d], tokens[:, d] - lo[d]] = nodes[d + 1]
-            child.append(table)
-        count = [np.bincount(nodes[d]) for d in range(depth + 1)]
-        return cls(lo, width, child, nodes, count)
-
-    def dead_prefixes(self, exclude: Sequence[set[int]]) -> list[np.ndarray]:
-        """Per depth d=1..depth (index d), bool [B, n_prefixes(d)]: all items below are excluded."""
-        dead: list[np.ndarray] = [np.zeros((len(exclude), 1), dtype=bool)]
-        sizes = [len(ex) for ex in exclude]
-        users = np.repeat(np.arange(len(exclude), dtype=np.int64), sizes)
-        items = np.fromiter((i for ex in exclude for i in ex), dtype=np.int64, count=sum(sizes))
-        keep = (items >= 0) & (items < self.n_items)  # unknown ids exclude nothing
-        users, items = users[keep], items[keep]
-        for d in range(1, self.depth + 1):
-            n_excluded = np.zeros((len(exclude), len(self.count[d])), dtype=np.int64)
-            np.add.at(n_excluded, (users, self.node_of_item[d][items]), 1)
-            dead.append(n_excluded >= self.count[d][None, :])
-        return dead
+from sgrec_ray.sid.trie import SidTrie, SidVocab
 
 
 @torch.inference_mode()
 def _search_batch(
     model: torch.nn.Module,
     seqs: list[np.ndarray],
-    trie: TokenTrie,
+    trie: SidTrie,
     token_map: torch.Tensor,
     beam_width: int,
     k: int,
@@ -204,7 +140,7 @@ def constrained_beam_search(
     batch_size: int = 64,
     device: str = "cpu",
     token_map: np.ndarray | None = None,
-    trie: TokenTrie | None = None,
+    trie: SidTrie | None = None,
 ) -> list[list[tuple[int, float]]]:
     """Top-k distinct, valid items per user by trie-constrained beam search.
 
@@ -217,7 +153,7 @@ def constrained_beam_search(
         exclude: optional per-user item sets never to return (pruned from the trie, see module doc).
         batch_size: users per forward pass (B users x beam_width beams after the first level).
         token_map: our id -> model id (None = identity, a from-scratch model).
-        trie: a prebuilt :class:`TokenTrie` of ``item_tokens`` (built if None).
+        trie: the :class:`SidTrie` of ``item_tokens`` (built from the tokens if None).
 
     Returns:
         per user, a list of (item_idx, log p(item | history)) sorted by score, highest first.
@@ -226,7 +162,7 @@ def constrained_beam_search(
         raise ValueError(f"beam_width and k must be >= 1, got {beam_width}, {k}")
     if exclude is not None and len(exclude) != len(histories):
         raise ValueError(f"exclude has {len(exclude)} entries for {len(histories)} histories")
-    trie = trie or TokenTrie.build(item_tokens)
+    trie = trie or SidTrie.from_tokens(item_tokens, SidVocab.infer(item_tokens))
     vocab = int(np.asarray(item_tokens).max()) + 1
     tmap = torch.as_tensor(token_map if token_map is not None else np.arange(vocab), device=device)
     seqs = [history_tokens(h, np.asarray(item_tokens)) for h in histories]
@@ -286,7 +222,9 @@ class Recommender:
         self.beam_width = beam_width
         self.batch_size = batch_size
         self.device = device
-        self.trie = TokenTrie.build(generator.item_tokens)
+        self.trie = SidTrie.from_tokens(
+            generator.item_tokens, SidVocab.from_json(generator.sid_vocab_json)
+        )
 
     @classmethod
     def load(

@@ -25,6 +25,7 @@ At the last depth the "next prefix id" is the item_idx itself. A beam keeps one 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +94,17 @@ class SidVocab:
         return json.dumps({"level_sizes": self.level_sizes, "n_special": self.n_special})
 
     @classmethod
+    def infer(cls, item_tokens: np.ndarray) -> SidVocab:
+        """A layout consistent with ``item_tokens`` alone (level l starts at its smallest token and
+        ends where level l+1 starts), for callers that hold tokens but no saved vocabulary."""
+        tokens = np.asarray(item_tokens, dtype=np.int64)
+        lo = tokens.min(axis=0)
+        if (np.diff(lo) <= 0).any() or (tokens.max(axis=0)[:-1] >= lo[1:]).any():
+            raise ValueError("item tokens do not follow the SID layout (one block per level)")
+        sizes = [*np.diff(lo).tolist(), int(tokens[:, -1].max() - lo[-1] + 1)]
+        return cls(level_sizes=sizes, n_special=int(lo[0]))
+
+    @classmethod
     def from_json(cls, text: str) -> SidVocab:
         raw = json.loads(text)
         return cls(
@@ -101,12 +113,18 @@ class SidVocab:
 
 
 class SidTrie:
-    """Prefix trie over the items' SIDs; row i of ``codes`` is item_idx i."""
+    """Prefix trie over the items' SIDs; row i of ``codes`` is item_idx i.
+
+    The one trie of the project: the SID stage validates with it, constrained decoding (beam search
+    and sampling) walks its dense tables, and tests use the sparse ``allowed`` view.
+    """
 
     def __init__(self, codes: np.ndarray, vocab: SidVocab) -> None:
         codes = np.asarray(codes, dtype=np.int64)
         if codes.ndim != 2 or codes.shape[1] != vocab.depth:
             raise ValueError(f"codes must be [n_items, {vocab.depth}], got {codes.shape}")
+        if len(codes) == 0:
+            raise ValueError("cannot build a trie of zero items")
         if (codes < 0).any() or (codes >= np.asarray(vocab.level_sizes)).any():
             raise ValueError("codes out of range of the vocabulary's level sizes")
         if np.unique(codes, axis=0).shape[0] != codes.shape[0]:
@@ -115,29 +133,39 @@ class SidTrie:
         self.codes = codes
         offsets = np.asarray([vocab.offset(lv) for lv in range(vocab.depth)], dtype=np.int64)
         self._tokens = codes + offsets  # [n_items, depth]
+        n = codes.shape[0]
+        # node_of_item[d]: each item's prefix id at depth d (0 = root; after the last level, the
+        # item itself). child[d][p, c]: the prefix reached from prefix p by local code c, or -1.
+        self.node_of_item: list[np.ndarray] = [np.zeros(n, dtype=np.int64)]
+        for d in range(1, vocab.depth):
+            _, inv = np.unique(codes[:, :d], axis=0, return_inverse=True)
+            self.node_of_item.append(inv.reshape(-1).astype(np.int64))
+        self.node_of_item.append(np.arange(n, dtype=np.int64))
         self.child: list[np.ndarray] = []
         self._allowed: dict[tuple[int, ...], np.ndarray] = {}
-        n = codes.shape[0]
-        pid = np.zeros(n, dtype=np.int64)  # prefix id of each item's length-d prefix
-        n_prefixes = 1
         for d in range(vocab.depth):
-            if d + 1 < vocab.depth:
-                uniq, nxt = np.unique(codes[:, : d + 1], axis=0, return_inverse=True)
-                nxt = nxt.reshape(-1)
-            else:
-                uniq, nxt = codes, np.arange(n, dtype=np.int64)  # leaves are items
-            table = np.full((n_prefixes, vocab.level_sizes[d]), -1, dtype=np.int64)
+            pid, nxt = self.node_of_item[d], self.node_of_item[d + 1]
+            table = np.full((int(pid.max()) + 1, vocab.level_sizes[d]), -1, dtype=np.int64)
             table[pid, codes[:, d]] = nxt
             self.child.append(table)
-            # Sparse form keyed by token tuples; one item per prefix gives the prefix's tokens.
-            first = np.zeros(n_prefixes, dtype=np.int64)
-            first[pid] = np.arange(n)  # any item with the prefix will do: they share those tokens
-            for p in range(n_prefixes):
+            # Sparse form keyed by token tuples; any item with the prefix gives the prefix's tokens.
+            first = np.zeros(table.shape[0], dtype=np.int64)
+            first[pid] = np.arange(n)
+            for p in range(table.shape[0]):
                 key = tuple(int(t) for t in self._tokens[first[p], :d])
                 self._allowed[key] = np.flatnonzero(table[p] >= 0) + offsets[d]
-            pid, n_prefixes = nxt, uniq.shape[0]
+        self.count = [np.bincount(nodes) for nodes in self.node_of_item]  # items below each prefix
         self._item = {tuple(int(t) for t in row): i for i, row in enumerate(self._tokens)}
         self._empty = np.zeros(0, dtype=np.int64)
+
+    @classmethod
+    def from_tokens(cls, item_tokens: np.ndarray, vocab: SidVocab) -> SidTrie:
+        """The trie of a checkpoint's ``item_tokens`` (token ids, int64 [n_items, depth])."""
+        tokens = np.asarray(item_tokens, dtype=np.int64)
+        offsets = np.asarray([vocab.offset(lv) for lv in range(vocab.depth)], dtype=np.int64)
+        if tokens.ndim != 2 or tokens.shape[1] != vocab.depth:
+            raise ValueError(f"item_tokens must be [n_items, {vocab.depth}], got {tokens.shape}")
+        return cls(tokens - offsets, vocab)
 
     @property
     def depth(self) -> int:
@@ -146,6 +174,16 @@ class SidTrie:
     @property
     def n_items(self) -> int:
         return self.codes.shape[0]
+
+    @property
+    def lo(self) -> list[int]:
+        """Token id of code 0 at each level."""
+        return [self.vocab.offset(d) for d in range(self.depth)]
+
+    @property
+    def width(self) -> list[int]:
+        """Codes per level (columns of ``child[d]``)."""
+        return list(self.vocab.level_sizes)
 
     def n_prefixes(self, depth: int) -> int:
         """Number of distinct SID prefixes of length ``depth`` (1 for the empty prefix)."""
@@ -184,3 +222,20 @@ class SidTrie:
         out = np.full(local.shape, -1, dtype=np.int64)
         out[ok] = self.child[depth][np.asarray(prefix_ids)[ok], local[ok]]
         return out
+
+    def dead_prefixes(self, exclude: Sequence[set[int]]) -> list[np.ndarray]:
+        """Per depth d=0..depth, bool [B, n_prefixes(d)]: every item below the prefix is excluded.
+
+        Decoding prunes dead prefixes, so with exclusion it still returns k allowed items.
+        """
+        dead: list[np.ndarray] = [np.zeros((len(exclude), 1), dtype=bool)]
+        sizes = [len(ex) for ex in exclude]
+        users = np.repeat(np.arange(len(exclude), dtype=np.int64), sizes)
+        items = np.fromiter((i for ex in exclude for i in ex), dtype=np.int64, count=sum(sizes))
+        keep = (items >= 0) & (items < self.n_items)  # unknown ids exclude nothing
+        users, items = users[keep], items[keep]
+        for d in range(1, self.depth + 1):
+            n_excluded = np.zeros((len(exclude), len(self.count[d])), dtype=np.int64)
+            np.add.at(n_excluded, (users, self.node_of_item[d][items]), 1)
+            dead.append(n_excluded >= self.count[d][None, :])
+        return dead

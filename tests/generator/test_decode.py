@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 
 from sgrec_ray.generator.decode import (
     Recommender,
-    TokenTrie,
     constrained_beam_search,
     item_log_probs,
 )
 from sgrec_ray.generator.model import GeneratorMeta, build_model, load_generator, save_generator
+from sgrec_ray.sid.trie import SidTrie, SidVocab
 from tests.generator.gen_synthetic import make_item_tokens, sid_vocab_json, vocab_size
 
 N_ITEMS = 20
@@ -37,7 +37,7 @@ def brute_force(model, history, item_tokens, k, exclude=frozenset()):
 
 
 def test_trie_tables(item_tokens):
-    trie = TokenTrie.build(item_tokens)
+    trie = SidTrie.from_tokens(item_tokens, SidVocab.infer(item_tokens))
     assert trie.depth == 3 and trie.n_items == N_ITEMS
     # Walking each item's tokens through the child tables reaches that item.
     for i, row in enumerate(item_tokens):
@@ -47,7 +47,7 @@ def test_trie_tables(item_tokens):
             assert node >= 0
         assert node == i
     with pytest.raises(ValueError, match="not unique"):
-        TokenTrie.build(np.vstack([item_tokens, item_tokens[:1]]))
+        SidTrie.from_tokens(np.vstack([item_tokens, item_tokens[:1]]), SidVocab.infer(item_tokens))
 
 
 def test_wide_beam_equals_brute_force(model, item_tokens):
