@@ -73,6 +73,84 @@ def job_main(default_stages: str | None, argv: list[str] | None = None) -> int:
     return _run(args.config, args.overrides, args.stages, args.force)
 
 
+def _serve(config: str, overrides: list[str], demo: bool) -> int:
+    """``sgrec serve``: the run's latest generator behind Ray Serve on cfg.serve.host:port."""
+    import os
+    import time
+    from pathlib import Path
+
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    # serve_apps/ sits next to the package (repo root, or /home/ray/sgrec-ray in the image); it must
+    # be importable here and in the replicas: a local Ray started below inherits PYTHONPATH.
+    root = next(
+        (
+            p
+            for p in (Path.cwd(), Path(__file__).resolve().parents[1])
+            if (p / "serve_apps" / "recommender.py").is_file()
+        ),
+        None,
+    )
+    if root is None:
+        print("error: serve_apps/ not found; run from the repository root", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(root))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(root), os.environ.get("PYTHONPATH")) if p
+    )
+    from ray import serve
+
+    from serve_apps.recommender import build_app
+    from sgrec_ray.ray_utils import ensure_ray
+    from sgrec_ray.serving.sources import resolve_sources
+
+    s = cfg.serve
+    try:
+        sources = resolve_sources(cfg)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    ensure_ray(cfg)
+    serve.start(
+        http_options={"host": s.host, "port": s.port, "request_timeout_s": s.request_timeout_s}
+    )
+    serve.run(build_app(cfg, sources), name=s.app_name, route_prefix=s.route_prefix)
+    url = f"http://{s.host}:{s.port}{s.route_prefix.rstrip('/')}"
+    print(f"serving {sources.checkpoint} at {url}/v1/recommend (docs: {url}/docs)")
+    try:
+        if demo:
+            _demo_request(url, sources.data)
+        else:
+            print("Ctrl-C stops the endpoint")
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.delete(s.app_name)
+    return 0
+
+
+def _demo_request(url: str, data_uri: str) -> None:
+    """One real request for the first user of the data, printed as a curl call and its answer."""
+    import urllib.request
+
+    from sgrec_ray import storage
+    from sgrec_ray.data.schema import INTERACTIONS_FILE
+
+    users = storage.read_table(storage.join(data_uri, INTERACTIONS_FILE), columns=["user_id"])
+    body = json.dumps({"user_id": users.column("user_id")[0].as_py(), "k": 5})
+    print(f"\n$ curl -s {url}/v1/recommend -H 'content-type: application/json' -d '{body}'")
+    request = urllib.request.Request(
+        f"{url}/v1/recommend", body.encode(), {"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:  # stdlib: no extra dependency
+        print(json.dumps(json.load(response), indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sgrec", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -87,6 +165,18 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("stages", help="list the pipeline stages")
 
+    serve_p = sub.add_parser("serve", help="serve the run's latest generator over HTTP (Ray Serve)")
+    serve_p.add_argument(
+        "config", help="experiment YAML whose run is served (see its serve section)"
+    )
+    serve_p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE"
+    )
+    serve_p.add_argument(
+        "--demo", action="store_true", help="send one request, print it and the answer, then stop"
+    )
+    serve_p.add_argument("-v", "--verbose", action="store_true")
+
     args = p.parse_args(argv)
     if args.cmd == "run":
         _setup_logging(args.verbose)
@@ -99,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
+    if args.cmd == "serve":
+        _setup_logging(args.verbose)
+        return _serve(args.config, args.overrides, args.demo)
     if args.cmd == "stages":
         from sgrec_ray.pipeline import STAGES
 

@@ -108,7 +108,8 @@ class SftSection:
     batch_size: int = 64
     warmup_ratio: float = 0.05
     grad_clip: float = 1.0
-    # Windows of max_history+1 items slide over each training sequence with this stride (in items).
+    # Rows longer than max_history+1 items (e.g. one row per user from a custom source) are cut
+    # into windows starting every window_stride items; the data stage's own rows already fit.
     window_stride: int = 25
     num_workers: int = 1
     use_gpu: bool = False
@@ -116,7 +117,7 @@ class SftSection:
     max_failures: int = 2
     # Save a checkpoint every N epochs (and always after the last one).
     checkpoint_every: int = 1
-    # Stop early after N epochs; for tests and smoke runs. None = all epochs.
+    # Stop after N optimizer steps in total; for tests, smoke runs and benchmarks. None = all epochs.
     max_steps: int | None = None
 
 
