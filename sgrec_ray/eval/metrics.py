@@ -46,7 +46,9 @@ def mrr(ranks: np.ndarray) -> float:
     """Mean reciprocal rank over the recommended list (0 when absent, i.e. MRR@list length)."""
     if not ranks.size:
         return 0.0
-    rr = np.where(ranks >= 0, 1.0 / (ranks + 1.0), 0.0)
+    found = ranks >= 0
+    rr = np.zeros(ranks.shape, dtype=np.float64)
+    rr[found] = 1.0 / (ranks[found] + 1.0)
     return float(rr.mean())
 
 

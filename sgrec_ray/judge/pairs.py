@@ -1,0 +1,352 @@
+"""Pairwise feedback for Stage B: "for this user, item i is preferred over item j".
+
+Two sources, one output table (``PAIRS``):
+
+- **Ratings** (ML-100k and any log with ratings): an item the user rated ≥ ``positive_min_rating``
+  is preferred over one they rated ≤ ``negative_max_rating``. Neutral ratings make no pairs.
+- **A user-provided file** (``aggregate.pairs_path``, Parquet or CSV): ``user_id``,
+  ``preferred_item_id``, ``other_item_id`` and optionally ``timestamp``. Rows naming unknown users or
+  items are counted as rejects, never dropped silently.
+
+Pairs are capped per user (a seeded sample, so reruns give the same pairs) and split by time: a
+pair happens when its later event happens, and the latest ``heldout_fraction`` of pairs are held
+out. Splitting by time (not at random) is what makes held-out PairAUC a forecast, not a recall.
+
+Everything here is deterministic in (data, config), so the judge stage (which must score both items
+of a pair, see :func:`pairs_to_judge`) and the aggregate stage build the very same pairs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sgrec_ray import storage
+from sgrec_ray.config import AggregateSection
+from sgrec_ray.data.schema import INTERACTIONS_FILE, ITEMS_FILE
+from sgrec_ray.runs import RunContext
+
+PAIRS = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("preferred", pa.int32()),  # item_idx of the preferred item
+        ("other", pa.int32()),  # item_idx of the other item
+        ("timestamp", pa.int64()),  # when the pair happened: max of both events (null if unknown)
+        ("split", pa.string()),  # train | heldout
+    ]
+)
+FILE_COLUMNS = ["user_id", "preferred_item_id", "other_item_id"]  # + optional "timestamp"
+
+
+@dataclass
+class PairSet:
+    """The pairs of a run, split, plus how many candidate rows were rejected and why."""
+
+    table: pa.Table  # PAIRS
+    # Events before this time are "the past" for user features; None = no time information.
+    cutoff: int | None
+    rejects: dict[str, int] = field(default_factory=dict)
+    source: str = "ratings"
+
+    def counts(self) -> dict[str, int]:
+        split = self.table.column("split").to_pylist()
+        return {"train": split.count("train"), "heldout": split.count("heldout")}
+
+
+def _user_seed(seed: int, user_id: str) -> list[int]:
+    # Python's hash() is salted per process; a digest keeps the per-user sample stable everywhere.
+    return [seed, int.from_bytes(hashlib.sha1(user_id.encode()).digest()[:8], "little")]
+
+
+def rating_pairs(
+    interactions: pa.Table,
+    positive_min_rating: float,
+    negative_max_rating: float,
+    max_pairs_per_user: int | None,
+    seed: int = 0,
+) -> pa.Table:
+    """All (liked, disliked) pairs per user, capped by a seeded per-user sample; no split column.
+
+    ``interactions``: user_id, item_idx, timestamp, rating (rows with null rating are ignored).
+    Returns columns user_id, preferred, other, timestamp, sorted by (user_id, preferred, other).
+    """
+    if positive_min_rating <= negative_max_rating:
+        raise ValueError(
+            f"aggregate.positive_min_rating ({positive_min_rating}) must be above "
+            f"aggregate.negative_max_rating ({negative_max_rating}), or an item could beat itself"
+        )
+    df = interactions.select(["user_id", "item_idx", "timestamp", "rating"]).to_pandas()
+    df = df[df["rating"].notna()]
+    # Sorting first makes the sample independent of the order rows arrive in.
+    df = df.sort_values(["user_id", "timestamp", "item_idx"], kind="stable")
+    out: dict[str, list] = {"user_id": [], "preferred": [], "other": [], "timestamp": []}
+    for user_id, events in df.groupby("user_id", sort=True):
+        pos = events[events["rating"] >= positive_min_rating]
+        neg = events[events["rating"] <= negative_max_rating]
+        n = len(pos) * len(neg)
+        if n == 0:
+            continue
+        k = n if max_pairs_per_user is None else min(n, max_pairs_per_user)
+        rng = np.random.default_rng(_user_seed(seed, str(user_id)))
+        flat = np.sort(rng.choice(n, size=k, replace=False)) if k < n else np.arange(n)
+        i, j = np.divmod(flat, len(neg))
+        out["user_id"] += [str(user_id)] * k
+        out["preferred"] += pos["item_idx"].to_numpy()[i].tolist()
+        out["other"] += neg["item_idx"].to_numpy()[j].tolist()
+        ts = np.maximum(pos["timestamp"].to_numpy()[i], neg["timestamp"].to_numpy()[j])
+        out["timestamp"] += ts.tolist()
+    return pa.table(
+        {
+            "user_id": pa.array(out["user_id"], pa.string()),
+            "preferred": pa.array(out["preferred"], pa.int32()),
+            "other": pa.array(out["other"], pa.int32()),
+            "timestamp": pa.array(out["timestamp"], pa.int64()),
+        }
+    )
+
+
+def time_split(pairs: pa.Table, heldout_fraction: float) -> tuple[pa.Table, int | None]:
+    """Add ``split``: the latest ``heldout_fraction`` of pairs (by timestamp) are ``heldout``.
+
+    Returns (PAIRS table, cutoff) where heldout ⇔ timestamp ≥ cutoff; ties at the cutoff all go to
+    held-out so one moment is never split across both sides. Without timestamps (all null) row
+    order stands for time and the cutoff is None.
+    """
+    if not 0.0 <= heldout_fraction < 1.0:
+        raise ValueError(f"aggregate.heldout_fraction must be in [0, 1), got {heldout_fraction}")
+    n = pairs.num_rows
+    n_held = math.ceil(heldout_fraction * n) if n else 0
+    ts = pairs.column("timestamp")
+    if ts.null_count == n:  # no time: the last rows are the latest
+        held = np.arange(n) >= n - n_held
+        cutoff = None
+    elif ts.null_count:
+        raise ValueError("pair timestamps must be all present or all absent")
+    else:
+        times = ts.to_numpy()
+        cutoff = int(np.sort(times)[n - n_held]) if n_held else int(times.max()) + 1
+        held = times >= cutoff
+    split = pa.array(np.where(held, "heldout", "train").tolist(), pa.string())
+    table = pairs.select(["user_id", "preferred", "other", "timestamp"]).append_column(
+        "split", split
+    )
+    return table.cast(PAIRS), cutoff
+
+
+def read_pairs_file(
+    uri: str, item_ids: dict[str, int], known_users: set[str]
+) -> tuple[pa.Table, dict[str, int]]:
+    """A user-provided pairwise file → (user_id, preferred, other, timestamp) + reject counts.
+
+    Missing required columns raise at once (naming them); rows with an unknown user or item, or
+    the same item on both sides, are counted by reason.
+    """
+    from sgrec_ray.data.loaders import read_any_table
+    from sgrec_ray.data.validate import parse_id, require_columns
+
+    table = read_any_table(uri, string_columns=FILE_COLUMNS)
+    require_columns(
+        table.column_names,
+        FILE_COLUMNS,
+        uri,
+        hint="A pairwise file needs user_id, preferred_item_id, other_item_id (+ optional timestamp).",
+    )
+    has_time = "timestamp" in table.column_names
+    rejects = {"unknown_user": 0, "unknown_item": 0, "same_item": 0, "bad_timestamp": 0}
+    out: dict[str, list] = {"user_id": [], "preferred": [], "other": [], "timestamp": []}
+    cols = [table.column(c).to_pylist() for c in FILE_COLUMNS]
+    times = table.column("timestamp").to_pylist() if has_time else [None] * table.num_rows
+    for raw_user, raw_pref, raw_other, raw_t in zip(*cols, times, strict=True):
+        user, pref, other = parse_id(raw_user), parse_id(raw_pref), parse_id(raw_other)
+        if user not in known_users:
+            rejects["unknown_user"] += 1
+        elif pref not in item_ids or other not in item_ids:
+            rejects["unknown_item"] += 1
+        elif pref == other:
+            rejects["same_item"] += 1
+        elif has_time and (raw_t is None or not _is_number(raw_t)):
+            rejects["bad_timestamp"] += 1
+        else:
+            out["user_id"].append(user)
+            out["preferred"].append(item_ids[pref])
+            out["other"].append(item_ids[other])
+            out["timestamp"].append(int(float(raw_t)) if has_time else None)
+    pairs = pa.table(
+        {
+            "user_id": pa.array(out["user_id"], pa.string()),
+            "preferred": pa.array(out["preferred"], pa.int32()),
+            "other": pa.array(out["other"], pa.int32()),
+            "timestamp": pa.array(out["timestamp"], pa.int64()),
+        }
+    )
+    return pairs, {k: v for k, v in rejects.items() if v}
+
+
+def _is_number(value: object) -> bool:
+    try:
+        return math.isfinite(float(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+def cap_per_user(pairs: pa.Table, max_pairs_per_user: int | None, seed: int) -> pa.Table:
+    """Keep at most ``max_pairs_per_user`` rows per user (seeded sample, original order kept)."""
+    if max_pairs_per_user is None:
+        return pairs
+    users = pairs.column("user_id").to_pylist()
+    keep: list[int] = []
+    for user, rows in pd.Series(range(len(users))).groupby(users, sort=True):
+        idx = rows.to_numpy()
+        if len(idx) > max_pairs_per_user:
+            rng = np.random.default_rng(_user_seed(seed, str(user)))
+            idx = np.sort(rng.choice(idx, size=max_pairs_per_user, replace=False))
+        keep += idx.tolist()
+    return pairs.take(pa.array(sorted(keep), pa.int64()))
+
+
+def build_pairs(ctx: RunContext) -> PairSet:
+    """The run's pairs (ratings or ``aggregate.pairs_path``), capped and split by time."""
+    cfg: AggregateSection = ctx.cfg.aggregate
+    seed = ctx.cfg.run.seed
+    interactions = storage.read_table(ctx.path("data", INTERACTIONS_FILE))
+    if cfg.pairs_path:
+        items = storage.read_table(ctx.path("data", ITEMS_FILE), columns=["item_idx", "item_id"])
+        item_ids = dict(
+            zip(
+                items.column("item_id").to_pylist(),
+                items.column("item_idx").to_pylist(),
+                strict=True,
+            )
+        )
+        users = set(interactions.column("user_id").to_pylist())
+        raw, rejects = read_pairs_file(storage.normalize(cfg.pairs_path), item_ids, users)
+        raw = cap_per_user(raw, cfg.max_pairs_per_user, seed)
+        source = "file"
+    else:
+        if interactions.column("rating").null_count == interactions.num_rows:
+            raise ValueError(
+                f"{ctx.path('data', INTERACTIONS_FILE)} has no ratings, so no pairwise feedback can "
+                f"be derived; set aggregate.pairs_path to a pairwise file "
+                f"({', '.join(FILE_COLUMNS)}, optional timestamp)"
+            )
+        raw = rating_pairs(
+            interactions,
+            cfg.positive_min_rating,
+            cfg.negative_max_rating,
+            cfg.max_pairs_per_user,
+            seed,
+        )
+        rejects, source = {}, "ratings"
+    table, cutoff = time_split(raw, cfg.heldout_fraction)
+    return PairSet(table=table, cutoff=cutoff, rejects=rejects, source=source)
+
+
+def pair_contexts(ctx: RunContext, pairset: PairSet | None = None) -> dict[str, list[int]]:
+    """The history to judge each user's pair items with: one context per user.
+
+    The user's last ``data.max_history`` events before the held-out cutoff, with every item of the
+    user's pairs removed — so the judge never sees a pair item as "already watched" (which would
+    leak the answer into Profile and Novelty), and all of a user's pair items still share one
+    prompt prefix.
+    """
+    from sgrec_ray.judge.user_features import histories_before
+
+    pairset = pairset or build_pairs(ctx)
+    interactions = storage.read_table(ctx.path("data", INTERACTIONS_FILE))
+    full = histories_before(interactions, pairset.cutoff, max_history=10**9)
+    table = pairset.table
+    user = table.column("user_id").to_pylist()
+    in_pairs: dict[str, set[int]] = {}
+    for side in ("preferred", "other"):
+        for u, i in zip(user, table.column(side).to_pylist(), strict=True):
+            in_pairs.setdefault(u, set()).add(i)
+    keep = ctx.cfg.data.max_history
+    return {
+        u: [i for i in full.get(u, []) if i not in items][-keep:] for u, items in in_pairs.items()
+    }
+
+
+def pairs_to_judge(ctx: RunContext, users: Iterable[str] | None = None) -> pa.Table:
+    """Rows the judge stage must score so that pairs can train Stage B.
+
+    Returns (user_id, item_idx, history): every item of every pair of ``users`` (None = all pair
+    users), distinct, sorted, with the context to judge it in (:func:`pair_contexts`). The judge
+    stage should add them as candidates with origin ``"pair"``.
+    """
+    pairset = build_pairs(ctx)
+    table = pairset.table
+    if users is not None:
+        wanted = pa.array(sorted(set(users)), pa.string())
+        table = table.filter(pc.is_in(table.column("user_id"), value_set=wanted))
+    user = table.column("user_id").to_pylist()
+    rows = sorted(
+        set(zip(user, table.column("preferred").to_pylist(), strict=True))
+        | set(zip(user, table.column("other").to_pylist(), strict=True))
+    )
+    contexts = pair_contexts(ctx, pairset)
+    return pa.table(
+        {
+            "user_id": pa.array([u for u, _ in rows], pa.string()),
+            "item_idx": pa.array([i for _, i in rows], pa.int32()),
+            "history": pa.array([contexts[u] for u, _ in rows], pa.list_(pa.int32())),
+        }
+    )
+
+
+def attach_scores(
+    pairs: pa.Table, scores: pa.Table, aspects: list[str]
+) -> tuple[pa.Table, np.ndarray, np.ndarray, dict[str, int]]:
+    """Join both sides of each pair with their aspect scores for that user.
+
+    Returns (pairs + a ``scores`` column, aspects of preferred [K, A], of other [K, A], skipped
+    counts), where the arrays hold the K pairs with ``scores == "ok"`` in table order. A pair is
+    usable only when both items have an ``ok`` score row for the user; the others are marked
+    ``user_not_judged`` (the judge stage did not cover the user: judge.max_users / split),
+    ``not_judged`` (an item has no row) or ``judge_failed`` (only failed/NaN rows) and counted.
+    Several ok rows for one (user, item) (e.g. from a user-provided scores table) are averaged.
+    """
+    ok = scores.filter(pc.equal(scores.column("status"), "ok"))
+    ok_df = ok.select(["user_id", "item_idx", *aspects]).to_pandas()
+    # A NaN/inf aspect on an "ok" row is not usable either (it would poison the loss).
+    ok_df[aspects] = ok_df[aspects].replace([np.inf, -np.inf], np.nan)
+    ok_df = ok_df.dropna(subset=aspects)
+    table = ok_df.groupby(["user_id", "item_idx"], sort=False)[aspects].mean()
+    lookup = dict(zip(table.index, table.to_numpy(np.float32), strict=True))
+    judged = set(
+        zip(
+            scores.column("user_id").to_pylist(), scores.column("item_idx").to_pylist(), strict=True
+        )
+    )
+    judged_users = {u for u, _ in judged}
+    users = pairs.column("user_id").to_pylist()
+    prefs = pairs.column("preferred").to_pylist()
+    others = pairs.column("other").to_pylist()
+    status: list[str] = []
+    a_pref, a_other = [], []
+    for u, i, j in zip(users, prefs, others, strict=True):
+        si, sj = lookup.get((u, i)), lookup.get((u, j))
+        if si is not None and sj is not None:
+            status.append("ok")
+            a_pref.append(si)
+            a_other.append(sj)
+        elif (u, i) in judged and (u, j) in judged:
+            status.append("judge_failed")
+        elif u not in judged_users:
+            status.append("user_not_judged")
+        else:
+            status.append("not_judged")
+    n_a = len(aspects)
+    skipped = {k: status.count(k) for k in ("user_not_judged", "not_judged", "judge_failed")}
+    return (
+        pairs.append_column("scores", pa.array(status, pa.string())),
+        np.asarray(a_pref, np.float32).reshape(-1, n_a),
+        np.asarray(a_other, np.float32).reshape(-1, n_a),
+        skipped,
+    )
