@@ -7,6 +7,7 @@ stages (judge, A2PO) extend it by adding a section builder here.
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import logging
@@ -19,6 +20,15 @@ log = logging.getLogger(__name__)
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+
+# Later stages extend the report through a module with three functions:
+#   report_section(ctx) -> dict | None   (None: the stage has not run; the section is left out)
+#   write_plots(ctx) -> {title: png name at the run root}
+#   render_markdown(section, plots) -> str
+# keyed by the report.json section they own.
+SECTIONS: dict[str, str] = {
+    "judge": "sgrec_ray.judge.quality",
+}
 
 
 def build_report(ctx: RunContext) -> dict[str, Any]:
@@ -116,7 +126,15 @@ def write_report(ctx: RunContext) -> dict[str, Any]:
     curve = _plot_sft_curve(ctx)
     if curve:
         plots["SFT loss"] = curve
+    markdown = render_markdown(report, plots)
+    for key, module_name in SECTIONS.items():
+        module = importlib.import_module(module_name)
+        section = module.report_section(ctx)
+        if section is None:
+            continue
+        report[key] = section
+        markdown += "\n" + module.render_markdown(section, module.write_plots(ctx))
     storage.write_json(storage.join(ctx.run_uri, REPORT_JSON), report)
-    storage.write_text(storage.join(ctx.run_uri, REPORT_MD), render_markdown(report, plots))
+    storage.write_text(storage.join(ctx.run_uri, REPORT_MD), markdown)
     log.info("report: %s", storage.join(ctx.run_uri, REPORT_MD))
     return report
