@@ -27,6 +27,8 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/sgrec run configs/ml100k.yaml
+	# The online path: start the generator behind HTTP, send one real request, stop.
+	$(BIN)/sgrec serve configs/ml100k.yaml --demo
 
 test: install
 	$(BIN)/pytest -q

@@ -1,0 +1,302 @@
+"""The generator endpoint: a FastAPI ingress in front of batched model replicas. No LLM online.
+
+Two deployments, so each scales on its own resource:
+
+* ``Ingress`` (cheap, async): body size limit, JSON/pydantic validation, HTTP status mapping,
+  metrics. It never runs the model, so a flood of bad requests costs no model time.
+* ``Model`` (CPU/GPU): holds a :class:`ServingModel`; ``@serve.batch`` gathers concurrent requests
+  into one constrained beam search. ``user_config`` drives ``reconfigure()``: a new checkpoint is
+  loaded *fully* off the event loop and only then swapped in by one reference assignment, so
+  in-flight batches finish on the old model and none fails.
+
+Entry points: ``build(args)`` for ``serve run serve_apps/config.yaml`` and RayService
+``serveConfigV2`` (args: ``config``, ``overrides``); :func:`build_app` for ``sgrec serve``, tests.
+"""
+
+# No `from __future__ import annotations` here: FastAPI resolves the `Request` annotations of the
+# ingress methods at runtime, and string annotations break that inside a Serve ingress class.
+import asyncio
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+from ray.serve.config import BackpressureConfig
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from sgrec_ray.config import Config, ServeSection, load_config
+from sgrec_ray.serving.engine import ServingModel
+from sgrec_ray.serving.metrics import CONTENT_TYPE, AppMetrics
+from sgrec_ray.serving.schema import (
+    ErrorResponse,
+    RecommendRequest,
+    RecommendResponse,
+    RequestError,
+    parse_request,
+)
+from sgrec_ray.serving.sources import Sources, resolve_sources
+
+log = logging.getLogger("ray.serve")
+
+# user_config keys the Model accepts; anything else is a typo and fails the update loudly.
+RELOAD_KEYS = ("checkpoint", "data", "sid", "stage", "beam_width", "max_history", "device")
+LIVE_KEYS = ("max_batch_size", "batch_wait_timeout_s")
+
+api = FastAPI(
+    title="sgrec-ray generator",
+    version="0.1.0",
+    description="Semantic-ID generative recommender (S-GRec). POST /v1/recommend returns top-k "
+    "items from trie-constrained beam search over the catalogue; no LLM runs at request time.",
+)
+
+
+@serve.deployment(name="Model")
+class Model:
+    """One loaded checkpoint per replica; answers whole batches of requests."""
+
+    def __init__(self, defaults: dict[str, Any]) -> None:
+        import torch
+
+        torch.set_num_threads(int(defaults.pop("torch_threads", 1)))
+        self.defaults = defaults
+        self.settings = dict(defaults)
+        # Cold start: load before the replica reports ready, so a bad checkpoint fails the deploy.
+        self.serving = _load(self.settings, None)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply ``user_config`` over the build defaults; reload only if a model key changed."""
+        unknown = sorted(set(user_config) - set(RELOAD_KEYS) - set(LIVE_KEYS))
+        if unknown:
+            raise ValueError(
+                f"unknown user_config keys {unknown}; allowed: {[*RELOAD_KEYS, *LIVE_KEYS]}"
+            )
+        new = {**self.defaults, **user_config}
+        if "checkpoint" in user_config and "stage" not in user_config:
+            new["stage"] = None  # a hand-picked URI is not the run stage's output any more
+        self.recommend.set_max_batch_size(int(new["max_batch_size"]))
+        self.recommend.set_batch_wait_timeout_s(float(new["batch_wait_timeout_s"]))
+        if any(new[k] != self.settings.get(k) for k in RELOAD_KEYS):
+            same_data = (new["data"], new["sid"]) == (self.settings["data"], self.settings["sid"])
+            reuse = self.serving.catalogue if same_data else None
+            # Load in a thread: batches keep being answered by the old model meanwhile.
+            loaded = await asyncio.to_thread(_load, new, reuse)
+            self.serving = loaded  # the swap: one reference assignment
+            log.info("model swapped to %s", loaded.info.checkpoint_uri)
+        self.settings = new
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def recommend(self, requests: list[RecommendRequest]) -> list[dict[str, Any]]:
+        """Resolve each request (errors stay per request), then one beam search for the rest."""
+        serving = self.serving  # the whole batch uses one model, even if a swap lands meanwhile
+        outcomes: list[dict[str, Any]] = [{} for _ in requests]
+        resolved = []
+        for i, req in enumerate(requests):
+            try:
+                resolved.append((i, serving.resolve(req)))
+            except RequestError as err:
+                outcomes[i] = {"status": err.status, "body": err.body.model_dump(exclude_none=True)}
+        if resolved:
+            answers = await asyncio.to_thread(serving.answer, [q for _, q in resolved])
+            for (i, _), answer in zip(resolved, answers, strict=True):
+                outcomes[i] = {
+                    "status": 200,
+                    "body": answer.model_dump(mode="json"),
+                    "batch_size": len(requests),
+                }
+        return outcomes
+
+    def info(self) -> dict[str, Any]:
+        return {
+            **self.serving.info.model_dump(),
+            "max_batch_size": self.settings["max_batch_size"],
+            "beam_width": self.settings["beam_width"],
+            "replica": serve.get_replica_context().replica_id.unique_id,
+        }
+
+    def check_health(self) -> None:
+        if self.serving is None:
+            raise RuntimeError("no model loaded")
+
+
+def _load(settings: dict[str, Any], catalogue: Any) -> ServingModel:
+    sources = Sources(settings["checkpoint"], settings["data"], settings["sid"], settings["stage"])
+    return ServingModel.load(
+        sources,
+        beam_width=int(settings["beam_width"]),
+        device=settings["device"],
+        max_history=settings["max_history"],
+        catalogue=catalogue,
+    )
+
+
+def _error(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> Response:
+    body = ErrorResponse(error=error, detail=detail).model_dump(exclude_none=True)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": RecommendRequest.model_json_schema()}},
+    }
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in [
+        (400, "malformed JSON"),
+        (413, "body larger than serve.max_body_bytes"),
+        (422, "invalid request or unknown item ids"),
+        (503, "overloaded (Retry-After)"),
+    ]
+}
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(api)
+class Ingress:
+    """HTTP edge: validation, status codes, metrics. Holds no model."""
+
+    def __init__(self, model: DeploymentHandle, settings: dict[str, Any]) -> None:
+        self.model = model
+        self.max_body_bytes = int(settings["max_body_bytes"])
+        self.k_default, self.k_max = int(settings["k_default"]), int(settings["k_max"])
+        self.retry_after = str(max(1, round(float(settings["retry_after_s"]))))
+        self.metrics = AppMetrics()
+
+    @api.post(
+        "/v1/recommend",
+        response_model=RecommendResponse,
+        responses=_ERRORS,
+        openapi_extra=_REQUEST_BODY,
+        summary="Top-k items for a user id or an item history",
+    )
+    async def recommend(self, request: Request) -> Response:
+        start = time.perf_counter()
+        response = await self._recommend(request)
+        self.metrics.observe_request("recommend", response.status_code, time.perf_counter() - start)
+        return response
+
+    async def _recommend(self, request: Request) -> Response:
+        try:
+            raw = await self._read_body(request)
+            req = parse_request(raw, self.k_default, self.k_max)
+            outcome = await self.model.recommend.remote(req)
+        except RequestError as err:
+            return JSONResponse(err.body.model_dump(exclude_none=True), status_code=err.status)
+        except BackPressureError:
+            return _error(
+                503,
+                "overloaded",
+                "the model replicas are at capacity; retry later",
+                {"Retry-After": self.retry_after},
+            )
+        if outcome["status"] == 200:
+            self.metrics.observe_batch(outcome["batch_size"])
+            if outcome["body"]["fallback_reason"]:
+                self.metrics.observe_fallback(outcome["body"]["fallback_reason"])
+        return JSONResponse(outcome["body"], status_code=outcome["status"])
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, or 413 as soon as it passes the limit (by header, or counted for chunked)."""
+        too_large = RequestError(
+            413,
+            ErrorResponse(
+                error="too_large", detail=f"request body over {self.max_body_bytes} bytes"
+            ),
+        )
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise too_large
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @api.get("/v1/model", summary="The checkpoint a model replica serves")
+    async def model_info(self) -> dict[str, Any]:
+        return await self.model.info.remote()
+
+    @api.get("/healthz", summary="200 when a model replica answers")
+    async def healthz(self) -> Response:
+        try:
+            info = await asyncio.wait_for(self.model.info.remote(), timeout=5.0)
+        except Exception as err:  # any failure to reach a replica means "not healthy"
+            return _error(503, "unhealthy", f"model not reachable: {type(err).__name__}")
+        return JSONResponse({"status": "ok", "checkpoint_id": info["checkpoint_id"]})
+
+    @api.get("/metrics", summary="Prometheus text: this ingress replica's app metrics")
+    async def metrics(self) -> Response:
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def _scaling(s: ServeSection) -> dict[str, Any]:
+    if s.min_replicas == s.max_replicas:
+        return {"num_replicas": s.min_replicas}
+    return {
+        "autoscaling_config": {
+            "min_replicas": s.min_replicas,
+            "max_replicas": s.max_replicas,
+            "target_ongoing_requests": s.target_ongoing_requests,
+        }
+    }
+
+
+def build_app(
+    cfg: Config, sources: Sources | None = None, user_config: dict[str, Any] | None = None
+) -> serve.Application:
+    """The application for ``cfg.serve``: sources resolved here, once, into absolute URIs.
+
+    ``user_config`` (keys in RELOAD_KEYS, LIVE_KEYS) overrides the build defaults in the replicas;
+    redeploying with only it changed reconfigures running replicas instead of replacing them.
+    """
+    s = cfg.serve
+    sources = sources or resolve_sources(cfg)
+    backpressure = BackpressureConfig(status_code=503, retry_after_s=s.retry_after_s)
+    defaults = {
+        **sources.to_dict(),
+        "beam_width": s.beam_width,
+        "max_history": s.max_history,
+        "device": s.device,
+        "max_batch_size": s.max_batch_size,
+        "batch_wait_timeout_s": s.batch_wait_timeout_s,
+        "torch_threads": s.torch_threads,
+    }
+    model = Model.options(
+        max_ongoing_requests=s.max_ongoing_requests,
+        max_queued_requests=s.max_queued_requests,
+        backpressure_config=backpressure,
+        ray_actor_options={"num_cpus": s.cpus_per_replica, "num_gpus": s.gpus_per_replica},
+        user_config={"max_batch_size": s.max_batch_size, **(user_config or {})},
+        health_check_period_s=10,
+        **_scaling(s),
+    ).bind(defaults)
+    # The ingress only awaits the model, so it may hold every request the model replicas accept;
+    # beyond that the model handle raises BackPressureError -> 503 + Retry-After.
+    capacity = (s.max_ongoing_requests + s.max_queued_requests) * s.max_replicas
+    ingress = Ingress.options(
+        max_ongoing_requests=2 * capacity,
+        max_queued_requests=2 * capacity,
+        backpressure_config=backpressure,
+        ray_actor_options={"num_cpus": 0},
+    )
+    return ingress.bind(
+        model,
+        {
+            "max_body_bytes": s.max_body_bytes,
+            "k_default": s.k_default,
+            "k_max": s.k_max,
+            "retry_after_s": s.retry_after_s,
+        },
+    )
+
+
+def build(args: dict[str, Any]) -> serve.Application:
+    """Application builder for Serve config files: ``args: {config: ..., overrides: [...]}``."""
+    cfg = load_config(args.get("config", "configs/ml100k.yaml"), list(args.get("overrides", [])))
+    return build_app(cfg)

@@ -1,0 +1,71 @@
+"""Serving fixtures: the tiny run's checkpoint behind a real local Ray Serve over HTTP."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+import yaml
+
+from sgrec_ray.runs import RunContext
+from tests.conftest import REPO
+
+# Small limits on purpose: overload is reachable with ~100 concurrent requests, and a longer batch
+# wait (BATCHING) makes concurrent requests share beam searches reliably on a loaded 2-core machine.
+TEST_SERVE = [
+    "serve.max_ongoing_requests=2",
+    "serve.max_queued_requests=4",
+    "serve.k_max=50",
+    "serve.max_body_bytes=4096",
+    "serve.beam_width=10",
+    "serve.cpus_per_replica=0.5",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deploy_config(run: RunContext, port: int, user_config: dict[str, Any]) -> dict[str, Any]:
+    """serve_apps/config.yaml pointed at the tiny run, with the test limits (the code's defaults
+    from TEST_SERVE, so the file's production limits are dropped) and the given user_config."""
+    config = yaml.safe_load((REPO / "serve_apps" / "config.yaml").read_text())
+    config["http_options"] = {"host": "127.0.0.1", "port": port, "request_timeout_s": 30}
+    (app,) = config["applications"]
+    app["args"] = {
+        "config": str(REPO / "configs" / "tiny.yaml"),
+        "overrides": [f"run.storage={run.cfg.run.storage}", *TEST_SERVE, f"serve.port={port}"],
+    }
+    app["deployments"] = [{"name": "Model", "user_config": user_config}]
+    return config
+
+
+def deploy(config: dict[str, Any]) -> None:
+    """What `serve deploy` / `serve run CONFIG` do: declarative, so a change of user_config alone
+    reconfigures running replicas (an imperative serve.run would replace them)."""
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema(**config)
+    serve_start(http_options=schema.http_options.model_dump()).deploy_apps(schema, _blocking=True)
+
+
+BATCHING = {"max_batch_size": 2, "batch_wait_timeout_s": 0.05}
+
+
+@pytest.fixture(scope="module")
+def served(tiny_run, ray_session):
+    """(base URL, deploy config) of the app on a free loopback port; one app per test module."""
+    import httpx
+    from ray import serve
+
+    port = free_port()
+    config = deploy_config(tiny_run, port, dict(BATCHING))
+    deploy(config)
+    url = f"http://127.0.0.1:{port}"
+    assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
+    yield url, config
+    serve.shutdown()  # never ray.shutdown(): the Ray session is shared by the whole test run
