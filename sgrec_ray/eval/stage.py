@@ -126,11 +126,7 @@ def run(ctx: RunContext) -> StageResult:
     )
 
     log.info(
-        "eval on %s (%d users, %d items):\n%s",
-        e.split,
-        len(targets),
-        n_items,
-        format_table(methods),
+        "eval on %s: %d users, %d items, rows %s", e.split, len(targets), n_items, list(methods)
     )
     return StageResult(
         outputs={"predictions": ctx.stage_uri("eval")},
@@ -149,9 +145,16 @@ def format_table(methods: dict[str, dict[str, float]], columns: list[str] | None
     if not methods:
         return "(no rows)"
     if columns is None:
+        # report.json stores keys sorted as text (hr@10 before hr@5): put them back in reading order.
         first = next(iter(methods.values()))
-        columns = [c for c in first if c.startswith(("hr@", "ndcg@")) or c in ("mrr", "valid_rate")]
-        columns += [c for c in first if c.startswith("coverage@")]
+
+        def at(prefix: str) -> list[str]:
+            return sorted(
+                (c for c in first if c.startswith(prefix)), key=lambda c: int(c[len(prefix) :])
+            )
+
+        columns = [*at("hr@"), *at("ndcg@"), *(c for c in ("mrr", "valid_rate") if c in first)]
+        columns += at("coverage@")
     width = max(len(n) for n in methods) + 2
     lines = ["method".ljust(width) + "".join(c.rjust(12) for c in columns)]
     for name, row in methods.items():
