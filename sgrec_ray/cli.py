@@ -151,6 +151,44 @@ def _demo_request(url: str, data_uri: str) -> None:
         print(json.dumps(json.load(response), indent=2))
 
 
+def _experiment(config: str, overrides: list[str], force: bool) -> int:
+    """``sgrec experiment``: the RL comparison over seeds + the semantic-rate study (issue 4)."""
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from sgrec_ray import storage
+    from sgrec_ray.rl.experiment import (
+        format_experiment_table,
+        format_study_table,
+        run_experiment,
+    )
+
+    metrics = run_experiment(cfg, force=force)
+    print()
+    print(format_experiment_table(metrics))
+    print()
+    print(format_study_table(metrics["semantic_rate_study"]))
+    print()
+    print("\n".join(f"- {line}" for line in metrics["reading"]))
+    run_uri = storage.join(cfg.run.storage, cfg.run.name)
+    print(f"\nreport: {storage.join(run_uri, 'report.md')}  ({metrics['wall_s']} s)")
+    return 0
+
+
+def experiment_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``jobs/experiment.py``: ``--config`` plus ``--set`` / ``--force``."""
+    p = argparse.ArgumentParser(description="sgrec-ray experiment job (issue 4 comparison)")
+    p.add_argument("--config", required=True, help="experiment YAML, e.g. configs/ml100k.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--force", action="store_true", help="retrain arms that already finished")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    _setup_logging(args.verbose)
+    return _experiment(args.config, args.overrides, args.force)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sgrec", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -177,7 +215,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     serve_p.add_argument("-v", "--verbose", action="store_true")
 
+    exp_p = sub.add_parser(
+        "experiment", help="SFT vs GRPO / Reward-Sum / Adv-Sum / A2PO over seeds + rate study"
+    )
+    exp_p.add_argument("config", help="experiment YAML, e.g. configs/ml100k.yaml")
+    exp_p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    exp_p.add_argument("--force", action="store_true", help="retrain arms that already finished")
+    exp_p.add_argument("-v", "--verbose", action="store_true")
+
     args = p.parse_args(argv)
+    if args.cmd == "experiment":
+        _setup_logging(args.verbose)
+        return _experiment(args.config, args.overrides, args.force)
     if args.cmd == "run":
         _setup_logging(args.verbose)
         return _run(args.config, args.overrides, args.stages, args.force)

@@ -222,6 +222,8 @@ class RankerSection:
     lr: float = 3e-3
     batch_size: int = 512
     num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    max_failures: int = 1
     value_column: str | None = None  # item column with business value; None = 1 for every item
 
 
@@ -248,7 +250,12 @@ class RlSection:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     max_failures: int = 2
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # sgrec experiment
+    sample_oversample: int = 2  # rollout=sample: draws per group slot before de-duplication
+    # sgrec experiment: seeds of every RL arm, the semantic-rate study, and how many eval users get
+    # their top-10 judged by the PSJ (judge calls cost ~users x 10 per arm; the cache is shared).
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    study_rates: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.2, 1.0])
+    judge_eval_users: int = 50
 
 
 @dataclass

@@ -43,6 +43,16 @@ STAGES: dict[str, Stage] = {
         Stage(
             "aggregate", ("aggregate",), ("data", "sid", "judge"), "sgrec_ray.judge.aggregate:run"
         ),
+        Stage("ranker", ("ranker",), ("data", "sid"), "sgrec_ray.rl.ranker:run"),
+        # a2po also reads ranker (business_reward=ranker) and aggregate (semantic_rate > 0) when
+        # its config uses them; it requires them itself and fails with the command to run them.
+        # judge/aggregate sections are listed so a changed judge reruns RL.
+        Stage(
+            "a2po",
+            ("rl", "ranker", "judge", "aggregate", "eval"),
+            ("data", "sid", "sft"),
+            "sgrec_ray.rl.a2po:run",
+        ),
     ]
 }
 DEFAULT_STAGES = ["data", "sid", "sft", "eval"]

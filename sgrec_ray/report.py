@@ -51,6 +51,9 @@ def build_report(ctx: RunContext) -> dict[str, Any]:
         elif stage == "eval":
             report["methods"] = metrics.get("methods", {})
             report["eval"] = {k: v for k, v in metrics.items() if k != "methods"}
+    from sgrec_ray.rl.report_section import add_rl_sections  # ranker, a2po, experiment
+
+    add_rl_sections(ctx, report)
     return report
 
 
@@ -115,6 +118,9 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
     sft = report.get("sft")
     if sft:
         out += ["## SFT", "", "```", json.dumps(sft, indent=2), "```", ""]
+    from sgrec_ray.rl.report_section import rl_markdown
+
+    out += rl_markdown(report)
     for title, name in plots.items():
         out += [f"![{title}]({name})", ""]
     return "\n".join(out)
@@ -126,6 +132,9 @@ def write_report(ctx: RunContext) -> dict[str, Any]:
     curve = _plot_sft_curve(ctx)
     if curve:
         plots["SFT loss"] = curve
+    from sgrec_ray.rl.report_section import rl_plots
+
+    plots.update(rl_plots(ctx, report))
     markdown = render_markdown(report, plots)
     for key, module_name in SECTIONS.items():
         module = importlib.import_module(module_name)

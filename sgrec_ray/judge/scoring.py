@@ -1,0 +1,304 @@
+"""The in-process judge: (user history, candidate item) pairs → aspect scores.
+
+One class serves every caller: the judge stage uses it as its Ray Data ``map_batches`` actor UDF
+(``__call__``), the semantic reward service calls :meth:`Judge.score` directly, tests and the
+benchmark construct it in-process. Requests of the same user share one prompt prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+
+from sgrec_ray.config import JudgeSection
+from sgrec_ray.judge import prompts
+from sgrec_ray.judge.engines import TransformersEngine, make_engine, model_id
+from sgrec_ray.judge.prompts import EncodedUser, ItemTexts, PromptBuilder, PromptSpec
+
+log = logging.getLogger(__name__)
+
+ASPECT_NAMES = tuple(prompts.ASPECTS)
+
+
+class JudgeRequest(NamedTuple):
+    """One pair to judge. ``history``: item_idx, oldest first; ``timestamp``: for the Context aspect."""
+
+    user_id: str
+    history: Sequence[int]
+    item_idx: int
+    timestamp: int | None = None
+
+
+class JudgeResult(NamedTuple):
+    status: str  # "ok" | "failed"
+    reason: str | None  # why it failed; None when ok
+    aspects: dict[str, float]  # expected score in [1, scale] per enabled aspect; {} when failed
+    evidence: dict[str, str] | None  # one sentence per aspect when judge.evidence, else None
+    truncated: bool  # history items were dropped to fit judge.max_prompt_tokens
+    prompt_tokens: int
+
+
+def prompt_spec(cfg: JudgeSection) -> PromptSpec:
+    return PromptSpec(
+        tuple(cfg.aspects), cfg.scale, cfg.long_history, cfg.recent_history, cfg.max_prompt_tokens
+    )
+
+
+def scores_schema(aspects: Sequence[str]) -> pa.Schema:
+    """Columns of ``<run>/judge/scores/``: one float32 column per enabled aspect."""
+    return pa.schema(
+        [
+            ("user_id", pa.string()),
+            ("item_idx", pa.int32()),
+            ("origin", pa.string()),  # target | beam | hard | random
+            ("split", pa.string()),
+            ("prompt_hash", pa.string()),
+            ("status", pa.string()),
+            ("reason", pa.string()),
+            *[(a, pa.float32()) for a in aspects],
+            ("evidence", pa.string()),  # JSON {aspect: sentence}
+            ("truncated", pa.bool_()),
+            ("prompt_tokens", pa.int32()),
+            ("model", pa.string()),
+            ("adapter", pa.string()),
+        ]
+    )
+
+
+def _user_features(users: pa.Table | None) -> dict[str, dict[str, Any]]:
+    if users is None or "user_id" not in users.column_names:
+        return {}
+    rows = users.to_pylist()
+    return {str(r.pop("user_id")): r for r in rows}
+
+
+class JudgePrompts:
+    """Requests → token ids with score slots; the engine-free half of the judge.
+
+    Shared by :class:`Judge` (transformers, in-process) and the vLLM path, which only needs the
+    tokenizer. Encoded user prefixes are cached (the reward service asks about the same users often).
+    """
+
+    def __init__(
+        self, cfg: JudgeSection, tokenizer: Any, items: pa.Table, users: pa.Table | None = None
+    ) -> None:
+        self.spec = prompt_spec(cfg)
+        self.items = ItemTexts(items)
+        self.builder = PromptBuilder(tokenizer, self.spec, self.items)
+        self.users = _user_features(users)
+        self._prefixes: OrderedDict[tuple, EncodedUser] = OrderedDict()
+        self._max_cached = 4096
+
+    def user_key(self, r: JudgeRequest) -> tuple:
+        """Requests with equal keys share a prompt prefix."""
+        stamp = r.timestamp if "context" in self.spec.aspects else None
+        return (str(r.user_id), tuple(int(x) for x in r.history), stamp)
+
+    def encode_user(self, r: JudgeRequest) -> EncodedUser:
+        key = self.user_key(r)
+        if key in self._prefixes:
+            self._prefixes.move_to_end(key)
+            return self._prefixes[key]
+        user = self.builder.encode_user(self.users.get(key[0]), key[1], key[2])
+        self._prefixes[key] = user
+        if len(self._prefixes) > self._max_cached:
+            self._prefixes.popitem(last=False)
+        return user
+
+
+class Judge:
+    """Scores (user, candidate) pairs on the enabled aspects with one LLM engine.
+
+    Args:
+        cfg: the ``judge`` config section (model, aspects, scale, scoring mode, budgets).
+        items: the data stage's items table (item_idx, item_id, title, text, optional genres).
+        users: optional user features (user_id + demographics) for the profile line.
+        engine: an already-loaded engine (the benchmark shares one model between modes).
+    """
+
+    def __init__(
+        self,
+        cfg: JudgeSection,
+        items: pa.Table,
+        users: pa.Table | None = None,
+        engine: TransformersEngine | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.engine = engine or make_engine(cfg)
+        self.prompts = JudgePrompts(cfg, self.engine.tokenizer, items, users)
+        self.spec, self.builder = self.prompts.spec, self.prompts.builder
+        self.prompt_hash = self.spec.prompt_hash
+        self.model = model_id(cfg)
+
+    # -- public API ------------------------------------------------------------------------------
+
+    def score(self, requests: Sequence[JudgeRequest]) -> list[JudgeResult]:
+        """Judge each request; one result per request, in order. Never raises for a bad pair."""
+        results: list[JudgeResult | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        n_items = len(self.prompts.items.long)
+        for i, r in enumerate(requests):
+            if not 0 <= int(r.item_idx) < n_items:
+                results[i] = JudgeResult(
+                    "failed", f"unknown item_idx {r.item_idx}", {}, None, False, 0
+                )
+                continue
+            groups.setdefault(self.prompts.user_key(r), []).append(i)
+        for key, idx in groups.items():
+            try:
+                user = self.prompts.encode_user(requests[idx[0]])
+                scored = self._score_group(user, [int(requests[i].item_idx) for i in idx])
+            except Exception as err:  # one bad group must not lose the others
+                log.warning("judge: user %s failed: %r", key[0], err)
+                reason = f"engine_error: {type(err).__name__}: {err}"[:300]
+                scored = [JudgeResult("failed", reason, {}, None, False, 0) for _ in idx]
+            for i, res in zip(idx, scored, strict=True):
+                results[i] = res
+        return [r for r in results if r is not None]
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Ray Data UDF: rows (user_id, history, item_idx, origin, split[, timestamp]) → score rows."""
+        requests = requests_from_batch(batch)
+        results = self.score(requests)
+        out = self.rows(requests, results)
+        out["origin"] = [str(x) for x in batch["origin"]]
+        out["split"] = [str(x) for x in batch["split"]]
+        return out
+
+    def rows(
+        self, requests: Sequence[JudgeRequest], results: Sequence[JudgeResult]
+    ) -> dict[str, Any]:
+        """Column dict in :func:`scores_schema` order (origin/split left null for the caller)."""
+        return score_columns(
+            requests, results, self.spec.aspects, self.prompt_hash, self.model, self.cfg.adapter
+        )
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _score_group(self, user: EncodedUser, items: list[int]) -> list[JudgeResult]:
+        if self.cfg.scoring == "generate":
+            results = self._generate_scores(user, items)
+        else:
+            cands = [self.builder.encode_candidate(i) for i in items]
+            logits = self.engine.slot_logits(
+                user.ids, [c.ids for c in cands], [c.slots for c in cands], self.builder.score_ids
+            )
+            results = []
+            for cand, slot_logits in zip(cands, logits, strict=True):
+                s = prompts.scores_from_slots(slot_logits, self.spec.aspects)
+                n_tokens = len(user.ids) + len(cand.ids)
+                results.append(
+                    JudgeResult(s.status, s.reason, s.scores, None, user.truncated, n_tokens)
+                )
+        if self.cfg.evidence:
+            results = self._add_evidence(user, items, results)
+        return results
+
+    def _generate_scores(self, user: EncodedUser, items: list[int]) -> list[JudgeResult]:
+        """Free-text answers parsed by regex; unparsable ones retried with sampling, then failed."""
+        max_new = 6 * len(self.spec.aspects) + 4
+        prompt_ids = [self.builder.answer_ids(user, i, "") for i in items]
+        parsed: list[dict[str, float] | None] = [None] * len(items)
+        todo = list(range(len(items)))
+        for attempt in range(1 + max(0, self.cfg.max_retries)):
+            texts = self.engine.generate(
+                [prompt_ids[j] for j in todo], max_new, sample=attempt > 0, seed=attempt
+            )
+            for j, text in zip(todo, texts, strict=True):
+                parsed[j] = prompts.parse_scores_text(text, self.spec.aspects, self.spec.scale)
+            todo = [j for j in todo if parsed[j] is None]
+            if not todo:
+                break
+        return [
+            JudgeResult(
+                "ok" if p else "failed",
+                None if p else f"unparsable_output after {1 + self.cfg.max_retries} attempts",
+                p or {},
+                None,
+                user.truncated,
+                len(ids),
+            )
+            for p, ids in zip(parsed, prompt_ids, strict=True)
+        ]
+
+    def _add_evidence(
+        self, user: EncodedUser, items: list[int], results: list[JudgeResult]
+    ) -> list[JudgeResult]:
+        """One greedy sentence per aspect, conditioned on the scores just read."""
+        ok = [j for j, r in enumerate(results) if r.status == "ok"]
+        evidence: dict[int, dict[str, str]] = {j: {} for j in ok}
+        for aspect in self.spec.aspects:
+            prompts_ids = [
+                self.builder.answer_ids(
+                    user, items[j], prompts.evidence_prompt(self.spec, results[j].aspects, aspect)
+                )
+                for j in ok
+            ]
+            texts = (
+                self.engine.generate(
+                    prompts_ids, self.cfg.evidence_max_tokens, stop_at_newline=True
+                )
+                if ok
+                else []
+            )
+            for j, text in zip(ok, texts, strict=True):
+                evidence[j][aspect] = prompts.first_sentence(text)
+        return [
+            r._replace(evidence=evidence[j]) if j in evidence else r for j, r in enumerate(results)
+        ]
+
+
+def score_columns(
+    requests: Sequence[JudgeRequest],
+    results: Sequence[JudgeResult],
+    aspects: Sequence[str],
+    prompt_hash: str,
+    model: str,
+    adapter: str | None,
+) -> dict[str, Any]:
+    """Results as columns of :func:`scores_schema` (origin/split null); engines share it."""
+    n = len(requests)
+    cols: dict[str, Any] = {
+        "user_id": [r.user_id for r in requests],
+        "item_idx": np.asarray([r.item_idx for r in requests], dtype=np.int32),
+        "origin": [None] * n,
+        "split": [None] * n,
+        "prompt_hash": [prompt_hash] * n,
+        "status": [r.status for r in results],
+        "reason": [r.reason for r in results],
+    }
+    for a in aspects:
+        cols[a] = np.asarray(
+            [r.aspects.get(a, np.nan) if r.status == "ok" else np.nan for r in results],
+            dtype=np.float32,
+        )
+    cols["evidence"] = [json.dumps(r.evidence) if r.evidence else None for r in results]
+    cols["truncated"] = [bool(r.truncated) for r in results]
+    cols["prompt_tokens"] = np.asarray([r.prompt_tokens for r in results], dtype=np.int32)
+    cols["model"] = [model] * n
+    cols["adapter"] = [adapter] * n
+    return cols
+
+
+def requests_from_batch(batch: dict[str, Any]) -> list[JudgeRequest]:
+    """Ray Data batch columns (user_id, history, item_idx[, timestamp]) → requests."""
+    stamps = batch.get("timestamp")
+    return [
+        JudgeRequest(
+            str(batch["user_id"][i]),
+            [int(x) for x in batch["history"][i]],
+            int(batch["item_idx"][i]),
+            None if stamps is None or _is_null(stamps[i]) else int(stamps[i]),
+        )
+        for i in range(len(batch["user_id"]))
+    ]
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))

@@ -1,0 +1,402 @@
+"""The ``judge`` stage (PSJ Stage A): candidates per user → LLM aspect scores → Parquet part files.
+
+Recipe: check the model and engine (fail fast); read the split's samples; build candidate sets
+(target, SFT beams, hard and random negatives); drop the pairs already judged by an earlier,
+interrupted run; stream the rest through a Ray Data actor pool of :class:`Judge` (or the vLLM
+processor) in chunks of whole users; write each finished chunk as one Parquet part file; report.
+
+Output, ``<run>/judge/``:
+  ``candidates.parquet``  the candidate sets (user_id, history, timestamp, item_idx, origin, split)
+  ``scores/part-*.parquet``  one file per finished chunk, schema :func:`scores_schema`; the key is
+      (user_id, item_idx, prompt_hash). Read it with :func:`load_scores`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from sgrec_ray import storage
+from sgrec_ray.config import JudgeSection
+from sgrec_ray.data import schema
+from sgrec_ray.judge import candidates as cands
+from sgrec_ray.judge.engines import ModelRef, model_id, preflight
+from sgrec_ray.judge.scoring import Judge, prompt_spec, scores_schema
+from sgrec_ray.runs import RunContext, StageResult
+
+log = logging.getLogger(__name__)
+
+STAGE = "judge"
+SCORES_DIR = "scores"
+CANDIDATES_FILE = "candidates.parquet"
+KEY = ("user_id", "item_idx", "prompt_hash")
+
+
+def run(ctx: RunContext) -> StageResult:
+    cfg = ctx.cfg.judge
+    ref = preflight(cfg)  # model, adapter, engine, GPU: before any Ray work
+    items = storage.read_table(ctx.path("data", schema.ITEMS_FILE)).sort_by("item_idx")
+    users_uri = ctx.path("data", schema.USERS_FILE)
+    users = storage.read_table(users_uri) if storage.exists(users_uri) else None
+
+    table = build_candidate_table(ctx, cfg, items.num_rows)
+    storage.write_table(ctx.path(STAGE, CANDIDATES_FILE), table)
+    stats = judge_pending(ctx, table, items, users, ref)
+
+    scores = load_scores(ctx)
+    metrics = summarize(scores, cfg, stats, items)
+    log.info(
+        "judge: %d pairs (%d failed, %d truncated), %.2f pairs/s; means %s",
+        metrics["pairs"],
+        metrics["failed"],
+        metrics["truncated"],
+        metrics["pairs_per_s"],
+        metrics["score_mean"],
+    )
+    return StageResult(
+        outputs={
+            "scores": ctx.path(STAGE, SCORES_DIR),
+            "candidates": ctx.path(STAGE, CANDIDATES_FILE),
+        },
+        metrics=metrics,
+    )
+
+
+def build_candidate_table(ctx: RunContext, cfg: JudgeSection, n_items: int) -> pa.Table:
+    """Candidate sets for ``judge.split`` (see :mod:`sgrec_ray.judge.candidates`)."""
+    samples = cands.load_samples(ctx, cfg)
+    beams = None
+    if cfg.n_beams > 0:
+        model_uri = ctx.require("sft")["outputs"]["model"]
+        beams = cands.sft_beams(model_uri, samples, cfg.n_beams)
+    return cands.build_candidates(
+        samples,
+        n_items,
+        n_random=cfg.n_random,
+        n_hard=cfg.n_hard,
+        split=cfg.split,
+        seed=ctx.cfg.run.seed,
+        neighbours=cands.load_neighbours(ctx) if cfg.n_hard > 0 else None,
+        beams=beams,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Resumable judging
+
+
+def judge_pending(
+    ctx: RunContext,
+    candidates: pa.Table,
+    items: pa.Table,
+    users: pa.Table | None,
+    ref: ModelRef,
+    max_chunks: int | None = None,
+) -> dict[str, Any]:
+    """Judge the candidate pairs not yet in ``scores/``; one part file per finished chunk.
+
+    ``max_chunks`` stops after that many chunks (what an interruption leaves behind; for tests).
+    Returns this run's counts: pairs judged, chunks written, seconds, prompt tokens.
+    """
+    cfg = ctx.cfg.judge
+    out_dir = ctx.path(STAGE, SCORES_DIR)
+    phash = prompt_spec(cfg).prompt_hash
+    identity = (phash, model_id(cfg), cfg.adapter)
+    keys = list(
+        zip(
+            candidates.column("user_id").to_pylist(),
+            candidates.column("item_idx").to_pylist(),
+            strict=True,
+        )
+    )
+    done = _existing_keys(out_dir, identity, set(keys), scores_schema(cfg.aspects))
+    mask = [k not in done for k in keys]
+    pending = candidates.filter(pa.array(mask, pa.bool_()))
+    stats = {
+        "resumed_pairs": len(done),
+        "judged_pairs": 0,
+        "chunks": 0,
+        "seconds": 0.0,
+        "prompt_tokens": 0,
+    }
+    if pending.num_rows == 0:
+        log.info("judge: all %d pairs already judged in %s", len(done), out_dir)
+        return stats
+    chunks = user_chunks(pending, cfg.batch_size)
+    log.info(
+        "judge: %d pairs to judge in %d chunks (%d already done) → %s",
+        pending.num_rows,
+        len(chunks),
+        len(done),
+        out_dir,
+    )
+    started = time.time()
+    target = scores_schema(cfg.aspects)
+    batches = _score_batches(chunks, cfg, ref, items, users)
+    try:
+        for batch in batches:
+            table = conform(batch, target)
+            _write_part(out_dir, table)
+            stats["chunks"] += 1
+            stats["judged_pairs"] += table.num_rows
+            stats["prompt_tokens"] += int(pc.sum(table.column("prompt_tokens")).as_py() or 0)
+            elapsed = time.time() - started
+            failed = table.num_rows - pc.sum(pc.equal(table.column("status"), "ok")).as_py()
+            log.info(
+                "judge: chunk %d/%d written (%d pairs, %d failed); %d/%d pairs, %.2f pairs/s",
+                stats["chunks"],
+                len(chunks),
+                table.num_rows,
+                failed,
+                stats["judged_pairs"],
+                pending.num_rows,
+                stats["judged_pairs"] / max(elapsed, 1e-9),
+            )
+            if max_chunks is not None and stats["chunks"] >= max_chunks:
+                break
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()  # stops the streaming executor when we leave early
+    stats["seconds"] = time.time() - started
+    return stats
+
+
+def user_chunks(table: pa.Table, size: int) -> list[pa.Table]:
+    """Consecutive rows in chunks of at most ``size`` rows made of whole users (a user's candidates
+    share one prompt prefix); a user with more than ``size`` candidates is split."""
+    users = table.column("user_id").to_pylist()
+    bounds = [0] + [i for i in range(1, len(users)) if users[i] != users[i - 1]] + [len(users)]
+    chunks: list[pa.Table] = []
+    start = 0
+    for lo, hi in itertools.pairwise(bounds):
+        if hi - start > size and lo > start:  # this user does not fit: close the chunk before it
+            chunks.append(table.slice(start, lo - start))
+            start = lo
+        while hi - start > size:  # one user larger than a chunk
+            chunks.append(table.slice(start, size))
+            start += size
+    if start < len(users):
+        chunks.append(table.slice(start, len(users) - start))
+    return chunks
+
+
+def _score_batches(
+    chunks: list[pa.Table],
+    cfg: JudgeSection,
+    ref: ModelRef,
+    items: pa.Table,
+    users: pa.Table | None,
+) -> Iterator[pa.Table]:
+    import ray
+
+    ds = ray.data.from_arrow(chunks)  # one block per chunk: one actor call, one part file
+    if cfg.engine == "vllm":
+        from sgrec_ray.judge.vllm_engine import vllm_scores
+
+        out = vllm_scores(ds, cfg, ref, items, users)
+        return out.iter_batches(batch_size=cfg.batch_size, batch_format="pyarrow")
+    out = ds.map_batches(
+        Judge,
+        fn_constructor_kwargs={"cfg": cfg, "items": items, "users": users},
+        batch_size=None,
+        batch_format="numpy",
+        concurrency=cfg.concurrency,
+        num_cpus=cfg.cpus_per_actor,
+        num_gpus=cfg.gpus_per_actor,
+    )
+    return out.iter_batches(batch_size=None, batch_format="pyarrow")
+
+
+def conform(batch: pa.Table, target: pa.Schema) -> pa.Table:
+    """A batch in exactly the ``target`` schema: missing columns null, NaN scores null, and rows
+    an engine failed on (vLLM's ``__inference_error__``) status=failed."""
+    n = batch.num_rows
+    cols = []
+    for f in target:
+        if f.name not in batch.column_names:
+            cols.append(pa.nulls(n, f.type))
+            continue
+        col = batch.column(f.name).cast(f.type)
+        if pa.types.is_floating(f.type):  # a failed row has no score: null, not NaN
+            col = pc.if_else(pc.is_nan(col), pa.scalar(None, f.type), col)
+        cols.append(col)
+    table = pa.Table.from_arrays(cols, schema=target)
+    if "__inference_error__" in batch.column_names:  # vLLM rows that skipped the postprocess
+        err = batch.column("__inference_error__").to_pylist()
+        status = [
+            s if not e else "failed"
+            for s, e in zip(table.column("status").to_pylist(), err, strict=True)
+        ]
+        reason = [
+            r if not e else f"engine_error: {e}"[:300]
+            for r, e in zip(table.column("reason").to_pylist(), err, strict=True)
+        ]
+        table = table.set_column(
+            target.get_field_index("status"), "status", pa.array(status, pa.string())
+        )
+        table = table.set_column(
+            target.get_field_index("reason"), "reason", pa.array(reason, pa.string())
+        )
+    return table
+
+
+def _write_part(out_dir: str, table: pa.Table) -> str:
+    """Write one chunk atomically: a temp name pyarrow datasets ignore ('_' prefix), then rename."""
+    keys = "\n".join(
+        f"{u}\t{i}\t{h}"
+        for u, i, h in zip(*(table.column(k).to_pylist() for k in KEY), strict=True)
+    )
+    name = f"part-{hashlib.sha1(keys.encode()).hexdigest()[:16]}.parquet"
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    fs, path = storage.filesystem(storage.join(out_dir, name))
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    tmp = path.rsplit("/", 1)[0] + "/_" + name + ".tmp"
+    with fs.open_output_stream(tmp) as f:
+        f.write(buf.getvalue())
+    fs.move(tmp, path)
+    return path
+
+
+def _part_files(out_dir: str) -> list[str]:
+    return [n for n in storage.listdir(out_dir) if n.startswith("part-") and n.endswith(".parquet")]
+
+
+def _existing_keys(
+    out_dir: str,
+    identity: tuple[str, str, str | None],
+    wanted: set[tuple[str, int]],
+    target: pa.Schema,
+) -> set[tuple[str, int]]:
+    """Keys of rows already judged with this prompt, model and adapter.
+
+    Part files holding anything else (an older prompt or model, candidates no longer asked for, or
+    a row judged twice) are rewritten without those rows, so the folder always holds exactly one
+    row per current key; unreadable files (a crash mid-write on a store without atomic rename) are
+    removed and their pairs judged again.
+    """
+    done: set[tuple[str, int]] = set()
+    for name in _part_files(out_dir):
+        uri = storage.join(out_dir, name)
+        try:
+            table = storage.read_table(uri)
+        except Exception as err:
+            log.warning(
+                "judge: unreadable part %s (%s): removed, its pairs will be judged again", name, err
+            )
+            _delete(uri)
+            continue
+        keep = []
+        for u, i, h, m, a in zip(
+            *(
+                table.column(c).to_pylist()
+                for c in ("user_id", "item_idx", "prompt_hash", "model", "adapter")
+            ),
+            strict=True,
+        ):
+            ok = (h, m, a) == identity and (u, i) in wanted and (u, i) not in done
+            keep.append(ok)
+            if ok:
+                done.add((u, i))
+        if all(keep) and table.schema.equals(target):
+            continue
+        kept = table.filter(pa.array(keep, pa.bool_()))
+        log.info(
+            "judge: %s: %d stale rows dropped (prompt/model/candidates changed)",
+            name,
+            table.num_rows - kept.num_rows,
+        )
+        _delete(uri)
+        if kept.num_rows:
+            _write_part(out_dir, conform(kept, target))
+    return done
+
+
+def _delete(uri: str) -> None:
+    fs, path = storage.filesystem(uri)
+    fs.delete_file(path)
+
+
+def load_scores(ctx: RunContext) -> pa.Table:
+    """All judged rows of the run (schema :func:`scores_schema`), one per (user, item, prompt)."""
+    cfg = ctx.cfg.judge
+    target = scores_schema(cfg.aspects)
+    out_dir = ctx.path(STAGE, SCORES_DIR)
+    parts = [
+        conform(storage.read_table(storage.join(out_dir, n)), target) for n in _part_files(out_dir)
+    ]
+    return pa.concat_tables(parts) if parts else target.empty_table()
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def summarize(
+    scores: pa.Table, cfg: JudgeSection, stats: dict[str, Any], items: pa.Table
+) -> dict[str, Any]:
+    """Stage metrics: counts, failures by reason, throughput, score means (overall and by origin)."""
+    ok = scores.filter(pc.equal(scores.column("status"), "ok"))
+    reasons = Counter(
+        r
+        for r, s in zip(
+            scores.column("reason").to_pylist(), scores.column("status").to_pylist(), strict=True
+        )
+        if s != "ok"
+    )
+    by_origin: dict[str, dict[str, float]] = {}
+    for origin in cands.ORIGINS:
+        rows = ok.filter(pc.equal(ok.column("origin"), origin))
+        if rows.num_rows:
+            by_origin[origin] = {a: _mean(rows.column(a)) for a in cfg.aspects}
+    seconds = stats.get("seconds", 0.0)
+    missing_text = 0
+    if "text" in items.column_names:
+        texts = items.column("text").to_pylist()
+        titles = (
+            items.column("title").to_pylist()
+            if "title" in items.column_names
+            else [None] * len(texts)
+        )
+        missing_text = sum(1 for t, ti in zip(texts, titles, strict=True) if not (t or "").strip())
+    return {
+        "pairs": scores.num_rows,
+        "users": len(set(scores.column("user_id").to_pylist())),
+        "judged_this_run": stats.get("judged_pairs", 0),
+        "resumed_pairs": stats.get("resumed_pairs", 0),
+        "failed": sum(reasons.values()),
+        "failed_by_reason": dict(reasons),
+        "truncated": int(pc.sum(scores.column("truncated")).as_py() or 0),
+        "items_without_text": missing_text,
+        "pairs_per_s": round(stats.get("judged_pairs", 0) / seconds, 3) if seconds else 0.0,
+        "prompt_tokens_per_s": round(stats.get("prompt_tokens", 0) / seconds, 1)
+        if seconds
+        else 0.0,
+        "score_mean": {a: _mean(ok.column(a)) for a in cfg.aspects},
+        "score_mean_by_origin": by_origin,
+        "origins": dict(Counter(scores.column("origin").to_pylist())),
+        "model": model_id(cfg),
+        "adapter": cfg.adapter,
+        "engine": cfg.engine,
+        "scoring": cfg.scoring,
+        "prompt_hash": prompt_spec(cfg).prompt_hash,
+        "split": cfg.split,
+    }
+
+
+def _mean(column: pa.ChunkedArray) -> float | None:
+    values = column.to_numpy(zero_copy_only=False).astype(np.float64)
+    values = values[np.isfinite(values)]
+    return round(float(values.mean()), 4) if len(values) else None

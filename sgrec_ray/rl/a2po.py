@@ -1,0 +1,558 @@
+"""The ``a2po`` stage: group policy optimisation of the SFT generator on Ray Train (Train V2).
+
+Recipe per worker and step (each worker takes its own shard of the step's prompts):
+
+1. **rollout** — G distinct valid items per prompt from the current policy (``rl.rollout``: beam or
+   sample), and their log-probs under the frozen SFT reference;
+2. **reward** — business reward by name (``rl.business_reward``), semantic reward from the PSJ
+   reward service for a random ``rl.semantic_rate`` share of groups (None → business-only);
+3. **fuse** — the advantage function by name (``rl.advantage``), per group, degenerate groups counted;
+4. **update** — ``rl.inner_updates`` steps of the clipped objective + β·KL(k3) (+ NLL), DDP-synced;
+5. **report** — telemetry reduced over workers, a checkpoint every ``rl.checkpoint_every`` steps.
+
+Prompts are the training windows' last items (history → next item), the split SFT trained on, so the
+eval/test targets stay unseen. Every step's prompt indices come from (seed, step) alone, so a run
+resumed from a checkpoint draws exactly the prompts the lost steps would have drawn.
+
+Fault tolerance as in SFT: ``FailureConfig(max_failures)`` restarts the worker group, the loop finds
+``ray.train.get_checkpoint()`` and continues after it. Test-only: with ``SGREC_TEST_FAIL_AFTER_STEP=N``
+in the driver's environment, rank 0 of an attempt that did not start from a checkpoint exits after
+finishing step N+1 (once step N's checkpoint is registered).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from sgrec_ray import storage
+from sgrec_ray.config import Config, RlSection
+from sgrec_ray.data import schema
+from sgrec_ray.generator.model import (
+    ITEM_TOKENS_FILE,
+    SID_VOCAB_FILE,
+    TRAIN_STATE_FILE,
+    load_generator,
+)
+from sgrec_ray.generator.sft import TRAIN_LOG_FILE, _inject_failure, _param_groups, _restore, _save
+from sgrec_ray.rl.advantages import get_advantage
+from sgrec_ray.rl.groups import fuse_batch
+from sgrec_ray.rl.objective import policy_loss
+from sgrec_ray.rl.rewards import RewardEnv, get_business_reward
+from sgrec_ray.rl.rollout import RolloutBatch, beam_rollout, policy_log_probs, sample_rollout
+from sgrec_ray.rl.telemetry import Telemetry, reduce_step, step_record
+from sgrec_ray.runs import RunContext, StageResult, fingerprint
+from sgrec_ray.sid.trie import SidTrie, SidVocab
+
+STAGE = "a2po"
+MODEL_DIR = "model"
+TELEMETRY_FILE = "telemetry.jsonl"
+CURVES_FILE = "a2po_curves.png"
+FAIL_ENV = "SGREC_TEST_FAIL_AFTER_STEP"
+
+
+class ReferenceMismatchError(ValueError):
+    """The SFT reference was trained on other SIDs than the current sid stage produced."""
+
+
+@dataclass
+class Prompts:
+    """RL prompts: per row a user's history (oldest first, ≤ max_history) and true next item."""
+
+    user_ids: list[str]
+    histories: list[list[int]]
+    targets: np.ndarray  # int64 [N]
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+
+def uses_judge(rl: RlSection) -> bool:
+    """Whether a run calls the PSJ: grpo ignores semantics, so it never pays for the judge."""
+    return rl.semantic_rate > 0 and rl.advantage != "grpo"
+
+
+# ------------------------------------------------------------------------------------------------
+# Stage
+
+
+def run(ctx: RunContext) -> StageResult:
+    """Fine-tune ``<run>/sft/model`` with the configured fusion; evaluate it like the SFT row."""
+    from sgrec_ray.eval.stage import evaluate_model, load_eval_samples
+    from sgrec_ray.sid.stage import load_sid_artifacts
+
+    cfg = ctx.cfg
+    _, vocab, trie = load_sid_artifacts(ctx)
+    sft_uri = ctx.require("sft")["outputs"]["model"]
+    check_reference(sft_uri, vocab, trie)
+    upstream = {d: ctx.require(d)["fingerprint"] for d in ("data", "sid", "sft")}
+    ranker_uri = None
+    if cfg.rl.business_reward == "ranker":
+        ranker_uri = ctx.require("ranker")["outputs"]["model"]
+        upstream["ranker"] = ctx.require("ranker")["fingerprint"]
+    semantic = None
+    if uses_judge(cfg.rl):
+        upstream["aggregate"] = ctx.require("aggregate")["fingerprint"]
+        from sgrec_ray.judge.reward_service import start_reward_service
+
+        semantic = start_reward_service(cfg)
+    items = storage.read_table(ctx.path("data", schema.ITEMS_FILE))
+    fp = fingerprint(cfg, ("rl", "run_seed"), upstream)
+    result = train_policy(
+        cfg,
+        prompts=load_prompts(ctx.path("data", schema.TRAIN_FILE), cfg.data.max_history),
+        sft_uri=sft_uri,
+        stage_uri=ctx.stage_uri(STAGE),
+        ranker_uri=ranker_uri,
+        item_value=_item_values(cfg, items),
+        semantic=semantic,
+        run_name=f"a2po-{fp}",
+        fresh=ctx.force,
+    )
+    samples = load_eval_samples(ctx)
+    name = cfg.rl.advantage
+    methods = evaluate_model(ctx, name, result.outputs["model"], samples, items.num_rows)
+    result.metrics["methods"] = methods
+    result.metrics["method_name"] = name
+    return result
+
+
+def _item_values(cfg: Config, items: Any) -> np.ndarray | None:
+    from sgrec_ray.rl.ranker import item_values
+
+    return item_values(cfg, items)
+
+
+def load_prompts(train_uri: str, max_history: int) -> Prompts:
+    """Prompts from the SFT training windows: each window's last item given the items before it."""
+    t = storage.read_table(train_uri, columns=["user_id", "items"])
+    users, hists, targets = [], [], []
+    for user, items in zip(
+        t.column("user_id").to_pylist(), t.column("items").to_pylist(), strict=True
+    ):
+        if len(items) < 2:
+            continue
+        users.append(str(user))
+        hists.append([int(i) for i in items[:-1]][-max_history:] if max_history > 0 else [])
+        targets.append(int(items[-1]))
+    if not users:
+        raise ValueError(f"{train_uri}: no training window has a history and a target")
+    return Prompts(users, hists, np.asarray(targets, dtype=np.int64))
+
+
+def check_reference(sft_uri: str, vocab: SidVocab, trie: SidTrie) -> None:
+    """Raise :class:`ReferenceMismatchError` unless the checkpoint's SIDs are the sid stage's.
+
+    Reads only the small vocabulary files, so a mismatch fails before any model loads.
+    """
+    theirs = SidVocab.from_json(storage.read_text(storage.join(sft_uri, SID_VOCAB_FILE)))
+    tokens = np.load(io.BytesIO(storage.read_bytes(storage.join(sft_uri, ITEM_TOKENS_FILE))))
+    ours = trie.item_token_matrix()
+    if theirs.level_sizes != vocab.level_sizes or not np.array_equal(tokens, ours):
+        differ = int((tokens != ours).any(axis=1).sum()) if tokens.shape == ours.shape else "all"
+        raise ReferenceMismatchError(
+            f"reference checkpoint {sft_uri} does not match the current SID vocabulary: it has "
+            f"level sizes {theirs.level_sizes} and {len(tokens)} items, the sid stage has "
+            f"{vocab.level_sizes} and {len(ours)} items ({differ} items with different SIDs). "
+            "Its log-probs would be over other tokens. Retrain the generator on these SIDs "
+            "(sgrec run CONFIG --stages sft --force) or point the run at the matching sid stage."
+        )
+
+
+def train_policy(
+    cfg: Config,
+    *,
+    prompts: Prompts,
+    sft_uri: str,
+    stage_uri: str,
+    ranker_uri: str | None = None,
+    item_value: np.ndarray | None = None,
+    semantic: Any | None = None,
+    run_name: str = "a2po",
+    fresh: bool = False,
+) -> StageResult:
+    """Run the RL loop with explicit inputs (the stage's body; experiment arms and tests call it).
+
+    Args:
+        prompts: RL prompts (see :func:`load_prompts`).
+        sft_uri: the SFT checkpoint: initial policy and frozen reference.
+        stage_uri: where ``model/``, ``telemetry.jsonl`` and ``ray_train/`` go.
+        ranker_uri: the ranker model (``rl.business_reward=ranker``).
+        item_value: float64 [n_items] business value per item, None = 1.
+        semantic: an object with ``score(user_ids, histories, items) -> list[float | None]`` and
+            ``stats()`` (a ``RewardClient``); None = no judge (semantic advantage always absent).
+        run_name: the Ray Train run name; the same name resumes from its latest checkpoint.
+        fresh: delete that run's earlier checkpoints first.
+    """
+    started = time.time()
+    rl = cfg.rl
+    get_advantage(rl.advantage), get_business_reward(rl.business_reward)  # fail before Ray
+    if rl.business_reward == "ranker" and ranker_uri is None:
+        raise ValueError("rl.business_reward=ranker needs the ranker stage's model (ranker_uri)")
+    storage_path = storage.join(stage_uri, "ray_train")
+    if fresh:
+        storage.delete_dir(storage.join(storage_path, run_name))
+    fail_after = os.environ.get(FAIL_ENV)
+    loop_config = {
+        "rl": asdict(rl),
+        "prompts": prompts,
+        "sft_uri": sft_uri,
+        "ranker_uri": ranker_uri,
+        "item_value": item_value,
+        "semantic": semantic if uses_judge(rl) else None,
+        "seed": cfg.run.seed,
+        "telemetry_uri": storage.join(stage_uri, TELEMETRY_FILE),
+        "run_tag": run_name,
+        "fail_after_step": int(fail_after) if fail_after else None,
+    }
+    per_worker = max(rl.users_per_step // rl.num_workers, 1)
+    print(
+        f"[a2po] {rl.advantage} / {rl.business_reward} reward, semantic_rate {rl.semantic_rate}, "
+        f"{len(prompts)} prompts, {rl.steps} steps x {per_worker} groups x {rl.num_workers} "
+        f"worker(s) x G={rl.group_size} ({rl.rollout})",
+        flush=True,
+    )
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=rl.num_workers,
+            use_gpu=rl.use_gpu,
+            resources_per_worker={"CPU": rl.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=rl.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"A2PO run {run_name} finished without a checkpoint")
+    model_uri = storage.join(stage_uri, MODEL_DIR)
+    log = _export(result.checkpoint, model_uri)
+    telemetry_uri = storage.join(stage_uri, TELEMETRY_FILE)
+    storage.write_text(telemetry_uri, "".join(json.dumps(r) + "\n" for r in log if "step" in r))
+    from sgrec_ray.rl.telemetry import plot_curves
+
+    curves = plot_curves(
+        {rl.advantage: [r for r in log if "step" in r]}, storage.join(stage_uri, CURVES_FILE)
+    )
+    metrics = summarize(log, time.time() - started)
+    if semantic is not None and uses_judge(rl):
+        metrics["judge_service"] = semantic.stats()
+    return StageResult(
+        outputs={"model": model_uri, "telemetry": telemetry_uri, "curves": curves},
+        metrics=metrics,
+    )
+
+
+def _export(checkpoint: Checkpoint, model_uri: str) -> list[dict[str, Any]]:
+    """Copy a Ray Train checkpoint minus optimizer state/log to ``model_uri``; return its log."""
+    with checkpoint.as_directory() as ckpt_dir, tempfile.TemporaryDirectory() as tmp:
+        export = os.path.join(tmp, MODEL_DIR)
+        shutil.copytree(ckpt_dir, export, ignore=shutil.ignore_patterns(TRAIN_STATE_FILE))
+        log_path = os.path.join(export, TRAIN_LOG_FILE)
+        with open(log_path) as f:
+            log = [json.loads(line) for line in f if line.strip()]
+        os.remove(log_path)
+        storage.delete_dir(model_uri)
+        storage.upload_dir(export, model_uri)
+    return log
+
+
+def summarize(log: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+    """Run-level figures for the manifest: totals, means over steps, resumes."""
+    steps = [r for r in log if "step" in r]
+    out: dict[str, Any] = {"steps": len(steps), "wall_s": round(wall_s, 2)}
+    for key in (
+        "reward_biz",
+        "reward_sem",
+        "constant_biz_share",
+        "sign_agreement",
+        "lambda_mean",
+        "clip_frac",
+        "kl",
+        "rollouts_per_s",
+        "target_in_group",
+    ):
+        values = [r[key] for r in steps if r.get(key) is not None]
+        out[f"mean_{key}"] = round(float(np.mean(values)), 6) if values else None
+    for key in ("judge_pairs", "judged_groups", "judge_failed_groups", "nan_groups", "rollouts"):
+        out[f"total_{key}"] = int(sum(r.get(key, 0) for r in steps))
+    for key in ("rollout_s", "reward_s", "judge_s", "update_s", "step_s"):
+        out[f"total_{key}"] = round(float(sum(r.get(key, 0.0) for r in steps)), 2)
+    if steps:
+        out["first"] = {k: steps[0].get(k) for k in ("reward_biz", "kl", "constant_biz_share")}
+        out["last"] = {k: steps[-1].get(k) for k in ("reward_biz", "kl", "constant_biz_share")}
+    out["resumed_from_steps"] = [r["from_step"] for r in log if r.get("event") == "resumed"]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-worker loop
+
+
+def prompt_indices(
+    n: int, step: int, per_step: int, seed: int, rank: int, world: int
+) -> np.ndarray:
+    """This rank's prompt indices at ``step``: consecutive slices of per-epoch permutations.
+
+    A function of (seed, step) only, so resumed steps redraw the same prompts; ranks take disjoint
+    strided parts of the step's slice, so every worker rolls out its own shard.
+    """
+    start = step * per_step
+    out = []
+    for pos in range(start, start + per_step):
+        epoch, offset = divmod(pos, n)
+        out.append(int(np.random.default_rng([seed, epoch]).permutation(n)[offset]))
+    return np.asarray(out[rank::world], dtype=np.int64)
+
+
+def _semantic_rewards(
+    semantic: Any,
+    rate: float,
+    rng: np.random.Generator,
+    batch: RolloutBatch,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(rewards_sem float64 [B, G] with NaN where absent, judged bool [B], pairs sent)."""
+    b, g = batch.size
+    sem = np.full((b, g), np.nan)
+    judged = rng.random(b) < rate if semantic is not None else np.zeros(b, dtype=bool)
+    chosen = np.flatnonzero(judged)
+    if chosen.size == 0:
+        return sem, judged, 0
+    items = batch.items.numpy()
+    users = [batch.user_ids[n] for n in chosen for _ in range(g)]
+    hists = [batch.histories[n] for n in chosen for _ in range(g)]
+    flat = [int(i) for n in chosen for i in items[n]]
+    try:
+        scores = semantic.score(users, hists, flat)
+    except Exception as err:  # a dead service costs this step its semantics, not the run
+        print(f"[a2po] judge call failed, groups fall back to business-only: {err!r}", flush=True)
+        scores = [None] * len(flat)
+    values = np.asarray([np.nan if s is None else float(s) for s in scores], dtype=np.float64)
+    sem[chosen] = values.reshape(len(chosen), g)
+    return sem, judged, len(flat)
+
+
+def _train_loop(config: dict[str, Any]) -> None:
+    """One Ray Train worker: setup (fresh from SFT or from an RL checkpoint), then the step loop."""
+    tctx = ray.train.get_context()
+    rank, world = tctx.get_world_rank(), tctx.get_world_size()
+    rl = RlSection(**config["rl"])
+    seed = config["seed"]
+    torch.manual_seed(seed * 1000 + rank)
+
+    sft = load_generator(config["sft_uri"])
+    item_tokens, sid_vocab_json = sft.item_tokens, sft.sid_vocab_json
+    trie = SidTrie.from_tokens(item_tokens, SidVocab.from_json(sid_vocab_json))
+    reference = load_generator(config["sft_uri"]).model.eval().requires_grad_(False)
+    ckpt = ray.train.get_checkpoint()
+    state: dict[str, Any] | None = None
+    log: list[dict[str, Any]] = []
+    tokenizer = None
+    model: torch.nn.Module
+    if ckpt is None:
+        model, token_map = sft.model, sft.token_map
+    else:
+        model, tokenizer, state, log = _restore(ckpt)
+        token_map = np.asarray(state["token_map"], dtype=np.int64)
+    save_cfg = {  # what the shared checkpoint writer (sft._save) needs to rebuild the meta
+        "size": sft.meta.size,
+        "pretrained": sft.meta.pretrained,
+        "level_sizes": SidVocab.from_json(sid_vocab_json).level_sizes,
+        "item_tokens": item_tokens,
+        "sid_vocab_json": sid_vocab_json,
+        "max_history": sft.meta.max_history,
+    }
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    reference.to(device)
+    optimizer = torch.optim.AdamW(_param_groups(model, 0.0), lr=rl.lr, betas=(0.9, 0.95))
+    # Constant LR; a scheduler object still exists because the shared checkpoint layout holds one.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    start = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = int(state["step"])
+        log.append({"event": "resumed", "from_step": start, "world_size": world})
+        if rank == 0:
+            print(f"[a2po] resumed from the step-{start} checkpoint", flush=True)
+    fail_after = config["fail_after_step"] if state is None else None
+
+    reward_fn = get_business_reward(rl.business_reward)
+    adv_fn = get_advantage(rl.advantage)
+    ranker = None
+    if config["ranker_uri"]:
+        from sgrec_ray.rl.ranker import load_ranker
+
+        ranker = load_ranker(config["ranker_uri"])
+    semantic = config["semantic"]
+    prompts: Prompts = config["prompts"]
+    telemetry = Telemetry(config["telemetry_uri"] if rank == 0 else None, config["run_tag"])
+    gen = torch.Generator().manual_seed(seed * 7919 + rank)
+
+    for step in range(start, rl.steps):
+        t_step = time.perf_counter()
+        idx = prompt_indices(len(prompts), step, rl.users_per_step, seed, rank, world)
+        batch = RolloutBatch(
+            user_ids=[prompts.user_ids[i] for i in idx],
+            histories=[prompts.histories[i] for i in idx],
+            targets=torch.as_tensor(prompts.targets[idx]),
+            items=torch.zeros(0, 0, dtype=torch.long),
+        )
+        # 1. rollout (no grad; generation uses the unwrapped model, DDP only matters for backward)
+        t0 = time.perf_counter()
+        if rl.rollout == "beam":
+            items = beam_rollout(
+                model, batch.histories, item_tokens, rl.group_size, trie, token_map
+            )
+        else:
+            items, batch.topped_up = sample_rollout(
+                model, batch.histories, item_tokens, rl.group_size, trie, rl.temperature, gen,
+                token_map, rl.sample_oversample,
+            )  # fmt: skip
+        batch.items = torch.as_tensor(items)
+        with torch.no_grad():
+            batch.logp_ref = policy_log_probs(
+                reference, batch.histories, batch.items, item_tokens, token_map
+            )
+        batch.timings["rollout_s"] = time.perf_counter() - t0
+        # 2. rewards
+        t0 = time.perf_counter()
+        env = RewardEnv(histories=batch.histories, ranker=ranker, item_values=config["item_value"])
+        r_biz = np.asarray(reward_fn(items, batch.targets.numpy(), env), dtype=np.float64)
+        batch.timings["reward_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([seed, step, rank, 17])
+        r_sem, judged, judge_pairs = _semantic_rewards(semantic, rl.semantic_rate, rng, batch)
+        batch.timings["judge_s"] = time.perf_counter() - t0
+        # 3. fuse
+        adv, gstats = fuse_batch(adv_fn, r_biz, r_sem, judged)
+        batch.rewards_biz, batch.rewards_sem = torch.as_tensor(r_biz), torch.as_tensor(r_sem)
+        batch.judged, batch.advantages = torch.as_tensor(judged), torch.as_tensor(adv).float()
+        # 4. update
+        t0 = time.perf_counter()
+        sums = _update(model, optimizer, scheduler, batch, item_tokens, token_map, rl, device)
+        batch.timings["update_s"] = time.perf_counter() - t0
+        batch.timings["step_s"] = time.perf_counter() - t_step
+        # 5. telemetry + checkpoint
+        b, g = batch.size
+        finite = np.isfinite(r_biz)
+        sem_ok = np.isfinite(r_sem)
+        sums.update(
+            {
+                **{k: v for k, v in gstats.to_dict().items() if k != "constant_biz_share"},
+                "rollouts": b * g,
+                "judge_pairs": judge_pairs,
+                "biz_sum": float(r_biz[finite].sum()),
+                "sem_sum": float(r_sem[sem_ok].sum()),
+                "sem_count": int(sem_ok.sum()),
+                "target_hits": int((items == batch.targets.numpy()[:, None]).any(1).sum()),
+                "topped_up": batch.topped_up,
+            }
+        )
+        sums_all, times_all = reduce_step(sums, batch.timings, device, world)
+        extra: dict[str, Any] = {"world_size": world}
+        if semantic is not None and rank == 0:
+            s = semantic.stats()
+            extra.update(
+                {
+                    f"service_{k}": s.get(k)
+                    for k in ("judged", "cache_hits", "judge_failed", "judge_seconds")
+                }
+            )
+        record = step_record(step + 1, sums_all, times_all, extra)
+        log.append(record)
+        done = step + 1
+        last = done == rl.steps
+        if rank == 0:
+            telemetry.emit(log)
+            print(
+                f"[a2po] step {done}/{rl.steps} biz {record['reward_biz']} kl {record['kl']} "
+                f"const {record['constant_biz_share']} judged {record['judged_groups']} "
+                f"{record['rollouts_per_s']} rollouts/s",
+                flush=True,
+            )
+        if fail_after is not None and done == fail_after + 1 and rank == 0:
+            _inject_failure()
+        if done % max(rl.checkpoint_every, 1) == 0 or last:
+            with tempfile.TemporaryDirectory() as tmp:
+                checkpoint = None
+                if rank == 0:  # one writer; every rank still reports (a barrier)
+                    _save(tmp, model, tokenizer, token_map, optimizer, scheduler,
+                          done, done, log, save_cfg)  # fmt: skip
+                    checkpoint = Checkpoint.from_directory(tmp)
+                ray.train.report(record, checkpoint=checkpoint)
+        else:
+            ray.train.report(record)
+
+
+def _update(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    batch: RolloutBatch,
+    item_tokens: np.ndarray,
+    token_map: np.ndarray,
+    rl: RlSection,
+    device: torch.device,
+) -> dict[str, float]:
+    """``rl.inner_updates`` optimizer steps on one rollout batch; returns summed loss figures.
+
+    The first inner update defines π_old (its log-probs, detached): with one inner update the
+    ratio is 1 and the step is the on-policy policy gradient; later ones are clipped as in PPO.
+    The true item rides along as an extra column when the NLL term is on, so one forward (one DDP
+    gradient sync) serves both terms.
+    """
+    assert batch.advantages is not None and batch.logp_ref is not None
+    g = batch.items.shape[1]
+    with_nll = rl.nll_weight > 0
+    cols = torch.cat([batch.items, batch.targets[:, None]], 1) if with_nll else batch.items
+    adv = batch.advantages.to(device).reshape(-1)
+    ref = batch.logp_ref.to(device).reshape(-1)
+    logp_old: torch.Tensor | None = None
+    sums = {"loss_sum": 0.0, "kl_sum": 0.0, "clip_sum": 0.0, "updates": 0.0}
+    model.train()
+    for _ in range(max(rl.inner_updates, 1)):
+        logp_all = policy_log_probs(model, batch.histories, cols, item_tokens, token_map)
+        logp = logp_all[:, :g].reshape(-1)
+        if logp_old is None:
+            logp_old = logp.detach()
+        parts = policy_loss(
+            logp,
+            logp_old,
+            ref,
+            adv,
+            clip_eps=rl.clip_eps,
+            kl_beta=rl.kl_beta,
+            nll=-logp_all[:, g] if with_nll else None,
+            nll_weight=rl.nll_weight,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        parts.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), rl.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        sums["loss_sum"] += float(parts.loss.detach())
+        sums["kl_sum"] += parts.kl
+        sums["clip_sum"] += parts.clip_frac
+        sums["updates"] += 1
+    model.eval()
+    return sums

@@ -1,0 +1,132 @@
+"""The a2po stage: a short real run on tiny, the semantic path, resume after a killed worker, and
+a reference checkpoint with other SIDs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sgrec_ray import pipeline, storage
+from sgrec_ray.data import schema
+from sgrec_ray.generator.decode import Recommender
+from sgrec_ray.generator.model import ITEM_TOKENS_FILE, SID_VOCAB_FILE
+from sgrec_ray.rl.a2po import (
+    FAIL_ENV,
+    ReferenceMismatchError,
+    check_reference,
+    load_prompts,
+    train_policy,
+)
+from sgrec_ray.rl.telemetry import read_jsonl
+from sgrec_ray.sid.trie import SidTrie, SidVocab
+from tests.generator.gen_synthetic import make_item_tokens
+from tests.rl.conftest import rl_ctx
+from tests.rl.fakes import FakeSemantic
+
+
+def _write_ckpt_vocab(path, tokens: np.ndarray) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / SID_VOCAB_FILE).write_text(SidVocab.infer(tokens).to_json())
+    np.save(path / ITEM_TOKENS_FILE, tokens)
+
+
+def test_reference_with_other_sids_is_a_clear_error(tmp_path):
+    ours = make_item_tokens(20)
+    vocab = SidVocab.infer(ours)
+    trie = SidTrie.from_tokens(ours, vocab)
+    _write_ckpt_vocab(tmp_path / "same", ours)
+    check_reference(str(tmp_path / "same"), vocab, trie)  # matching: no error
+    shuffled = ours[np.random.default_rng(0).permutation(len(ours))]
+    _write_ckpt_vocab(tmp_path / "shuffled", shuffled)
+    with pytest.raises(ReferenceMismatchError, match="different SIDs"):
+        check_reference(str(tmp_path / "shuffled"), vocab, trie)
+    _write_ckpt_vocab(tmp_path / "bigger", make_item_tokens(20, level_sizes=[4, 4, 2]))
+    with pytest.raises(ReferenceMismatchError, match=r"level sizes \[4, 4, 2\].*--stages sft"):
+        check_reference(str(tmp_path / "bigger"), vocab, trie)
+
+
+@pytest.mark.integration
+def test_a2po_stage_trains_exports_evaluates_and_reports(rl_base):
+    ctx = rl_ctx(rl_base, [])
+    manifest = pipeline.run_stage(ctx, "a2po")
+    m = manifest["metrics"]
+    assert m["steps"] == 3 and m["total_rollouts"] == 3 * 6 * 6
+    assert 0 <= m["mean_constant_biz_share"] <= 1 and m["mean_kl"] >= 0
+    assert set(m["methods"]) == {"a2po"} and m["methods"]["a2po"]["valid_rate"] == 1.0
+    rows = read_jsonl(ctx.path("a2po", "telemetry.jsonl"))
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for key in ("reward_biz", "constant_biz_share", "clip_frac", "kl", "rollouts_per_s"):
+        assert rows[-1][key] is not None
+    assert storage.exists(ctx.path("a2po", "a2po_curves.png"))
+    rec = Recommender.load(manifest["outputs"]["model"], beam_width=5)  # Serve/eval can load it
+    assert len(rec.recommend([[1, 2, 3]], k=5)[0]) == 5
+    from sgrec_ray.report import write_report
+
+    report = write_report(ctx)
+    assert "a2po" in report["methods"] and "sft" in report["methods"]
+    assert "RL fine-tuning" in storage.read_text(storage.join(ctx.run_uri, "report.md"))
+
+
+@pytest.mark.integration
+def test_semantic_groups_failures_sampling_and_inner_updates(rl_base, tmp_path):
+    ctx = rl_ctx(
+        rl_base,
+        [
+            "rl.semantic_rate=1.0",
+            "rl.rollout=sample",
+            "rl.inner_updates=2",
+            "rl.nll_weight=0.1",
+            "rl.business_reward=rule",
+            "rl.checkpoint_every=3",
+        ],
+    )
+    prompts = load_prompts(ctx.path("data", schema.TRAIN_FILE), ctx.cfg.data.max_history)
+    # Users whose id ends in "1" fail in the judge: their groups must fall back, counted.
+    result = train_policy(
+        ctx.cfg,
+        prompts=prompts,
+        sft_uri=ctx.require("sft")["outputs"]["model"],
+        stage_uri=str(tmp_path / "a2po_sem"),
+        semantic=FakeSemantic(fail_suffix="1"),
+        run_name="sem",
+    )
+    m = result.metrics
+    assert m["total_judge_pairs"] == 3 * 6 * 6  # rate 1: every rollout of every group
+    assert m["total_judged_groups"] + m["total_judge_failed_groups"] == 3 * 6
+    assert m["total_judge_failed_groups"] > 0 and m["total_judged_groups"] > 0
+    assert 0 <= m["mean_sign_agreement"] <= 1 and 0 <= m["mean_lambda_mean"] <= 1
+    rows = read_jsonl(str(tmp_path / "a2po_sem" / "telemetry.jsonl"))
+    # Rule reward on a sparse catalogue: most groups miss the true item and are constant.
+    assert all(r["constant_biz_share"] >= 1 - r["target_in_group"] - 1e-9 for r in rows)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_worker_failure_resumes_from_latest_checkpoint(rl_base, tmp_path, monkeypatch):
+    ctx = rl_ctx(
+        rl_base,
+        [
+            "rl.num_workers=2",
+            "rl.cpus_per_worker=0.5",
+            "rl.max_failures=1",
+            "rl.checkpoint_every=1",
+        ],
+    )
+    monkeypatch.setenv(FAIL_ENV, "1")  # rank 0 dies after step 2, once step 1's checkpoint exists
+    result = train_policy(
+        ctx.cfg,
+        prompts=load_prompts(ctx.path("data", schema.TRAIN_FILE), ctx.cfg.data.max_history),
+        sft_uri=ctx.require("sft")["outputs"]["model"],
+        stage_uri=str(tmp_path / "a2po_resume"),
+        ranker_uri=ctx.require("ranker")["outputs"]["model"],
+        run_name="resume",
+    )
+    m = result.metrics
+    assert m["resumed_from_steps"] == [1]
+    assert m["steps"] == 3  # the lost step 2 was redone, nothing counted twice
+    rows = read_jsonl(str(tmp_path / "a2po_resume" / "telemetry.jsonl"))
+    assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["world_size"] == 2
+    meta = json.loads((tmp_path / "a2po_resume" / "model" / "generator.json").read_text())
+    assert meta["step"] == 3
