@@ -171,6 +171,9 @@ class JudgeSection:
     n_random: int = 2
     n_hard: int = 2
     n_beams: int = 2
+    # Also judge the items of these users' Stage B pairs (origin "pair"), so `aggregate` can learn
+    # from this run's scores; the pair count per user is aggregate.max_pairs_per_user.
+    pair_items: bool = True
     # Pairs per chunk: one actor call and one Parquet part file (whole users, so prefixes are shared).
     batch_size: int = 16
     concurrency: int = 1

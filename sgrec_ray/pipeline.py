@@ -26,10 +26,17 @@ class Stage:
     needs: tuple[str, ...]  # upstream stages whose outputs it reads
     target: str  # "module:function", imported only when the stage runs (keeps the CLI light)
     uses_ray: bool = True
+    # "module:function" taking the Config: checks that can fail in seconds (a missing model, an
+    # extra not installed), run for every requested stage before the first one starts.
+    check: str | None = None
 
     def load(self) -> Callable[[RunContext], StageResult]:
-        module, fn = self.target.split(":")
-        return getattr(importlib.import_module(module), fn)
+        return _resolve(self.target)
+
+
+def _resolve(target: str) -> Callable:
+    module, fn = target.split(":")
+    return getattr(importlib.import_module(module), fn)
 
 
 STAGES: dict[str, Stage] = {
@@ -39,7 +46,13 @@ STAGES: dict[str, Stage] = {
         Stage("sid", ("sid",), ("data",), "sgrec_ray.sid.stage:run"),
         Stage("sft", ("generator", "sft"), ("data", "sid"), "sgrec_ray.generator.sft:run"),
         Stage("eval", ("eval",), ("data", "sid", "sft"), "sgrec_ray.eval.stage:run"),
-        Stage("judge", ("judge",), ("data", "sid", "sft"), "sgrec_ray.judge.stage:run"),
+        Stage(
+            "judge",
+            ("judge",),
+            ("data", "sid", "sft"),
+            "sgrec_ray.judge.stage:run",
+            check="sgrec_ray.judge.engines:check",
+        ),
         Stage(
             "aggregate", ("aggregate",), ("data", "sid", "judge"), "sgrec_ray.judge.aggregate:run"
         ),
@@ -52,6 +65,7 @@ STAGES: dict[str, Stage] = {
             ("rl", "ranker", "judge", "aggregate", "eval"),
             ("data", "sid", "sft"),
             "sgrec_ray.rl.a2po:run",
+            check="sgrec_ray.rl.a2po:check",
         ),
     ]
 }
@@ -95,6 +109,15 @@ def run(cfg: Config, stages: str | list[str] | None = None, force: bool = False)
     from sgrec_ray.report import write_report
 
     ctx = RunContext(cfg, force=force)
-    for name in parse_stages(stages):
+    names = parse_stages(stages)
+    checks = [STAGES[n].check for n in names if STAGES[n].check]
+    if checks:  # fail in seconds, not after an hour of upstream stages
+        if any(STAGES[n].uses_ray for n in names):
+            from sgrec_ray.ray_utils import ensure_ray
+
+            ensure_ray(cfg)  # some checks ask the cluster (e.g. GPUs for judge.engine=vllm)
+        for check in checks:
+            _resolve(check)(cfg)
+    for name in names:
         run_stage(ctx, name)
     return write_report(ctx)

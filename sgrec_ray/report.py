@@ -8,12 +8,12 @@ stages (judge, A2PO) extend it by adding a section builder here.
 from __future__ import annotations
 
 import importlib
-import io
 import json
 import logging
 from typing import Any
 
 from sgrec_ray import storage
+from sgrec_ray.plots import pyplot, save_png
 from sgrec_ray.runs import RunContext
 
 log = logging.getLogger(__name__)
@@ -66,10 +66,7 @@ def _plot_sft_curve(ctx: RunContext) -> str | None:
     rows = [r for r in rows if "loss" in r and "epoch" in r]
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot([r["epoch"] for r in rows], [r["loss"] for r in rows], marker="o")
@@ -77,10 +74,7 @@ def _plot_sft_curve(ctx: RunContext) -> str | None:
     ax.set_ylabel("SFT loss (next-SID NLL)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    storage.write_bytes(storage.join(ctx.run_uri, "sft_loss.png"), buf.getvalue())
+    save_png(fig, storage.join(ctx.run_uri, "sft_loss.png"), dpi=110)
     return "sft_loss.png"
 
 

@@ -67,6 +67,16 @@ def test_a_stage_without_its_inputs_names_what_to_run(tiny_cfg):
         pipeline.run(tiny_cfg, "eval")
 
 
+def test_a_missing_judge_model_fails_before_the_first_stage(tiny_cfg):
+    from sgrec_ray.config import config_from_dict
+    from sgrec_ray.judge.engines import JudgeSetupError
+
+    cfg = config_from_dict(tiny_cfg.to_dict(), ["judge.model=/nonexistent/judge-model"])
+    with pytest.raises(JudgeSetupError, match=r"judge\.model"):
+        pipeline.run(cfg, "data,sid,sft,judge")
+    assert RunContext(cfg).manifest("data") is None  # nothing ran
+
+
 def test_cli_runs_a_stage_and_rejects_bad_input(tmp_path, capsys):
     storage_root = tmp_path / "runs"
     args = ["run", "configs/tiny.yaml", "--stages", "data", "--set", f"run.storage={storage_root}"]

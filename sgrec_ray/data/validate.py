@@ -236,28 +236,36 @@ class Events:
         )
 
 
+def _unique_ids(
+    src: Source, key: str, missing: str, duplicate: str, rejects: Rejects
+) -> tuple[list[int], list[str]]:
+    """(row numbers kept, their ids as strings): a row without an id, or repeating an earlier
+    row's id, is rejected with its reason and record (the first listing wins)."""
+    records = _RowRecords(src.table)
+    seen: set[str] = set()
+    keep: list[int] = []
+    clean: list[str] = []
+    what = key.removesuffix("_id")
+    for i, raw in enumerate(src.column(key)):
+        value = parse_id(raw)
+        if value is None:
+            rejects.add(src.uri, i, missing, records[i])
+        elif value in seen:
+            rejects.add(src.uri, i, duplicate, records[i], f"{what} {value!r} listed before")
+        else:
+            seen.add(value)
+            keep.append(i)
+            clean.append(value)
+    return keep, clean
+
+
 def validate_items(src: Source, rejects: Rejects) -> pa.Table:
     """The item catalogue with ``item_id`` as string, rows without an id or repeating one rejected.
 
     Returns a table with canonical column names (``item_id`` + every other canonical column of
     ``src``, as strings), in file order.
     """
-    ids = src.column("item_id")
-    records = _RowRecords(src.table)
-    seen: set[str] = set()
-    keep: list[int] = []
-    clean_ids: list[str] = []
-    for i, raw in enumerate(ids):
-        item_id = parse_id(raw)
-        if item_id is None:
-            rejects.add(src.uri, i, MISSING_ITEM_ID, records[i])
-            continue
-        if item_id in seen:
-            rejects.add(src.uri, i, DUPLICATE_ITEM, records[i], f"item {item_id!r} listed before")
-            continue
-        seen.add(item_id)
-        keep.append(i)
-        clean_ids.append(item_id)
+    keep, clean_ids = _unique_ids(src, "item_id", MISSING_ITEM_ID, DUPLICATE_ITEM, rejects)
     out: dict[str, list[str | None]] = {"item_id": list(clean_ids)}
     for name in src.columns:
         if name == "item_id" or not src.has(name):
@@ -276,22 +284,7 @@ def _text_or_none(value: Any) -> str | None:
 
 def validate_users(src: Source, rejects: Rejects) -> pa.Table:
     """User features with ``user_id`` as string; rows without an id or repeating one rejected."""
-    ids = src.column("user_id")
-    records = _RowRecords(src.table)
-    seen: set[str] = set()
-    keep: list[int] = []
-    clean: list[str] = []
-    for i, raw in enumerate(ids):
-        user_id = parse_id(raw)
-        if user_id is None:
-            rejects.add(src.uri, i, MISSING_USER_ID, records[i])
-            continue
-        if user_id in seen:
-            rejects.add(src.uri, i, DUPLICATE_USER, records[i], f"user {user_id!r} listed before")
-            continue
-        seen.add(user_id)
-        keep.append(i)
-        clean.append(user_id)
+    keep, clean = _unique_ids(src, "user_id", MISSING_USER_ID, DUPLICATE_USER, rejects)
     id_col = src.columns["user_id"]
     table = src.table.take(pa.array(keep, pa.int64())).drop_columns([id_col])
     return table.add_column(0, "user_id", pa.array(clean, pa.string()))

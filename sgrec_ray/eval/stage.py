@@ -87,11 +87,17 @@ def load_eval_samples(ctx: RunContext) -> pa.Table:
 
 
 def evaluate_model(
-    ctx: RunContext, name: str, model_uri: str, samples: pa.Table, n_items: int
+    ctx: RunContext,
+    name: str,
+    model_uri: str,
+    samples: pa.Table,
+    n_items: int,
+    stage: str = "eval",
 ) -> dict[str, dict[str, float]]:
     """Metrics of the generator at ``model_uri`` for every configured setting: {name[_suffix]: metrics}.
 
-    Later stages (A2PO) call this with their own checkpoint, so all rows of a report are scored alike.
+    Later stages (A2PO) call this with their own checkpoint, so all rows of a report are scored
+    alike; their predictions go to their own ``stage`` folder (each stage owns its folder).
     """
     e = ctx.cfg.eval
     kmax = max(e.ks)
@@ -99,7 +105,7 @@ def evaluate_model(
     rows = {}
     for setting in e.settings:
         preds = generate_topk(ctx, samples, model_uri, kmax, exclude_seen=setting == "exclude_seen")
-        storage.write_table(ctx.path("eval", f"predictions_{name}{SUFFIX[setting]}.parquet"), preds)
+        storage.write_table(ctx.path(stage, f"predictions_{name}{SUFFIX[setting]}.parquet"), preds)
         rows[f"{name}{SUFFIX[setting]}"] = ranking_metrics(
             preds.column("items").to_pylist(), targets, e.ks, n_items
         )

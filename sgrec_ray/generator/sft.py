@@ -34,8 +34,7 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train import Checkpoint
 from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
 
 from sgrec_ray import storage
@@ -51,6 +50,7 @@ from sgrec_ray.generator.model import (
     save_generator,
     unwrap,
 )
+from sgrec_ray.ray_train import checkpoint_dir, fit, make_trainer
 from sgrec_ray.runs import RunContext, StageResult, fingerprint
 
 STAGE = "sft"
@@ -144,36 +144,18 @@ def train_generator(
         f"{steps_per_epoch} steps/epoch, {total_steps} steps, model {cfg.generator.pretrained or cfg.generator.size}",
         flush=True,
     )
-    trainer = TorchTrainer(
+    trainer = make_trainer(
         _train_loop,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(
-            num_workers=sft.num_workers,
-            use_gpu=sft.use_gpu,
-            resources_per_worker={"CPU": sft.cpus_per_worker},
-        ),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=storage_path,
-            failure_config=FailureConfig(max_failures=sft.max_failures),
-        ),
+        loop_config,
+        sft,
+        name=run_name,
+        storage_path=storage_path,
         datasets={"train": ds},
     )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"SFT run {run_name} finished without a checkpoint")
-
+    result = fit(trainer, f"SFT run {run_name}")
     model_uri = storage.join(stage_uri, MODEL_DIR)
     log_uri = storage.join(stage_uri, TRAIN_LOG_FILE)
-    with result.checkpoint.as_directory() as ckpt_dir, tempfile.TemporaryDirectory() as tmp:
-        export = os.path.join(tmp, MODEL_DIR)
-        shutil.copytree(ckpt_dir, export, ignore=shutil.ignore_patterns(TRAIN_STATE_FILE))
-        log_path = os.path.join(export, TRAIN_LOG_FILE)
-        with open(log_path) as f:
-            log = [json.loads(line) for line in f if line.strip()]
-        os.remove(log_path)
-        storage.delete_dir(model_uri)
-        storage.upload_dir(export, model_uri)
+    log = export_checkpoint(result.checkpoint, model_uri)
     storage.write_text(log_uri, "".join(json.dumps(r) + "\n" for r in log))
     return StageResult(
         outputs={"model": model_uri, "train_log": log_uri, "ray_train": storage_path},
@@ -234,9 +216,29 @@ def _fresh_model(config: dict[str, Any]) -> tuple[torch.nn.Module, Any, np.ndarr
     return model, None, identity_map(vocab_size)
 
 
-def _restore(ckpt: Checkpoint) -> tuple[torch.nn.Module, Any, dict[str, Any], list[dict[str, Any]]]:
-    """(model, tokenizer or None, train state, log) from a Ray Train checkpoint."""
-    with ckpt.as_directory() as d:
+def export_checkpoint(checkpoint: Checkpoint, model_uri: str) -> list[dict[str, Any]]:
+    """Copy a finished run's checkpoint, minus optimizer state and log, to ``model_uri``; return the log.
+
+    The exported folder is a plain generator checkpoint (:func:`load_generator` reads it); SFT and
+    A2PO both finish this way.
+    """
+    with checkpoint_dir(checkpoint) as ckpt_dir, tempfile.TemporaryDirectory() as tmp:
+        export = os.path.join(tmp, MODEL_DIR)
+        shutil.copytree(ckpt_dir, export, ignore=shutil.ignore_patterns(TRAIN_STATE_FILE))
+        log_path = os.path.join(export, TRAIN_LOG_FILE)
+        with open(log_path) as f:
+            log = [json.loads(line) for line in f if line.strip()]
+        os.remove(log_path)
+        storage.delete_dir(model_uri)
+        storage.upload_dir(export, model_uri)
+    return log
+
+
+def restore_checkpoint(
+    ckpt: Checkpoint,
+) -> tuple[torch.nn.Module, Any, dict[str, Any], list[dict[str, Any]]]:
+    """(model, tokenizer or None, train state, log) from a Ray Train checkpoint, on a worker."""
+    with checkpoint_dir(ckpt) as d:
         model = AutoModelForCausalLM.from_pretrained(d)
         tokenizer = None
         if os.path.exists(os.path.join(d, "tokenizer_config.json")):
@@ -249,7 +251,7 @@ def _restore(ckpt: Checkpoint) -> tuple[torch.nn.Module, Any, dict[str, Any], li
     return model, tokenizer, state, log
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Decay matrices only; norms and biases (1-D) are left alone, as is usual for transformers."""
     params = [p for p in model.parameters() if p.requires_grad]
     return [
@@ -271,12 +273,12 @@ def _train_loop(config: dict[str, Any]) -> None:
     if ckpt is None:
         model, tokenizer, token_map = _fresh_model(config)
     else:
-        model, tokenizer, state, log = _restore(ckpt)
+        model, tokenizer, state, log = restore_checkpoint(ckpt)
         token_map = np.asarray(state["token_map"], dtype=np.int64)
     model = ray.train.torch.prepare_model(model)  # device placement + DDP when world > 1
     device = ray.train.torch.get_device()
     optimizer = torch.optim.AdamW(
-        _param_groups(model, config["weight_decay"]), lr=config["lr"], betas=(0.9, 0.95)
+        param_groups(model, config["weight_decay"]), lr=config["lr"], betas=(0.9, 0.95)
     )
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, config["warmup_steps"], config["total_steps"]
@@ -326,7 +328,7 @@ def _train_loop(config: dict[str, Any]) -> None:
             loss_sum += float(loss.detach())
             n_batches += 1
             if fail_after is not None and epoch == fail_after + 1 and rank == 0:
-                _inject_failure()
+                inject_test_failure()
             if step >= max_steps:
                 break
         epoch_s = time.time() - t0
@@ -353,7 +355,7 @@ def _train_loop(config: dict[str, Any]) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 checkpoint = None
                 if rank == 0:  # one writer; the other ranks still call report (it is a barrier)
-                    _save(
+                    save_checkpoint(
                         tmp,
                         model,
                         tokenizer,
@@ -382,7 +384,7 @@ def _mean_across_ranks(total: float, count: int, device: torch.device, world: in
     return total / max(count, 1)
 
 
-def _save(
+def save_checkpoint(
     out_dir: str,
     model: torch.nn.Module,
     tokenizer: Any,
@@ -423,7 +425,7 @@ def _save(
         f.writelines(json.dumps(r) + "\n" for r in log)
 
 
-def _inject_failure() -> None:
+def inject_test_failure() -> None:
     """Test-only: die like a lost worker, once the previous epoch's checkpoint is registered."""
     ray.train.get_all_reported_checkpoints(timeout_s=60)
     print("[sft] test fault injection: worker exits now", flush=True)

@@ -43,6 +43,7 @@ from sgrec_ray.judge.user_features import (
     fit_spec,
     histories_before,
 )
+from sgrec_ray.ray_train import checkpoint_dir, fit, make_trainer
 from sgrec_ray.runs import RunContext, StageResult
 
 log = logging.getLogger(__name__)
@@ -287,7 +288,7 @@ def train_loop(config: dict[str, Any]) -> None:
     start, history = 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a restarted worker group resumes where the last report left off
-        with checkpoint.as_directory() as d:
+        with checkpoint_dir(checkpoint) as d:
             state = torch.load(os.path.join(d, WEIGHTS_FILE), weights_only=True)
         net.load_state_dict(state["state_dict"])
         start, history = state["epoch"] + 1, state.get("history", [])
@@ -363,37 +364,26 @@ def train_aggregator(
     seed: int = 0,
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Fit w(x) with TorchTrainer. Returns (final Checkpoint, per-epoch metrics of rank 0)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     if cfg.num_workers < 1:
         raise ValueError(
             "aggregate.num_workers must be ≥ 1 (0 runs in-process and saves no checkpoint)"
         )
-    trainer = TorchTrainer(
+    trainer = make_trainer(
         train_loop,
-        train_loop_config={
+        {
             "cfg": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
             "data": data,
             "spec": spec,
             "seed": seed,
         },
-        scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers,
-            use_gpu=False,
-            resources_per_worker={"CPU": cfg.cpus_per_worker},
-        ),
-        run_config=RunConfig(
-            name=name,
-            storage_path=storage_path,
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
+        cfg,
+        name=name,
+        storage_path=storage_path,
+        num_to_keep=2,
     )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"aggregate: training finished without a checkpoint ({result.error})")
-    with result.checkpoint.as_directory() as d:
+    result = fit(trainer, "aggregate")
+    with checkpoint_dir(result.checkpoint) as d:
         state = torch.load(os.path.join(d, WEIGHTS_FILE), weights_only=True)
     history: list[dict[str, Any]] = state.get("history", [])
     return result.checkpoint, history
@@ -458,7 +448,7 @@ def _run_name(ctx: RunContext, data: dict[str, np.ndarray], spec: dict[str, Any]
 
 
 def _copy_checkpoint(checkpoint: Any, uri: str) -> None:
-    with checkpoint.as_directory() as d:
+    with checkpoint_dir(checkpoint) as d:
         for name in (WEIGHTS_FILE, SPEC_FILE):
             with open(os.path.join(d, name), "rb") as f:
                 storage.write_bytes(storage.join(uri, name), f.read())

@@ -4,7 +4,8 @@ Origins (in priority order; an item keeps the first origin that picked it, so th
 duplicates): ``target`` (the held-out next item), ``beam`` (the SFT generator's top beams, what
 A2PO will sample), ``hard`` (nearest to the target by item embedding, or by shared SID prefix when
 the run has no embeddings), ``random`` (uniform, seeded per user). Negatives are never the target
-or an item the user has already seen.
+or an item the user has already seen. The judge stage may add ``pair`` rows: the items of the same
+users' Stage B pairs, judged in the context before those pairs (``pairs.pair_contexts``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sgrec_ray.config import JudgeSection
 from sgrec_ray.data import schema
 from sgrec_ray.runs import RunContext
 
-ORIGINS = ("target", "beam", "hard", "random")
+ORIGINS = ("target", "beam", "hard", "random", "pair")
 
 CANDIDATES = pa.schema(
     [

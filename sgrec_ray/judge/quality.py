@@ -14,7 +14,6 @@ Definitions (also printed in the report, so a reader never has to guess):
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sgrec_ray import storage
+from sgrec_ray.plots import pyplot, save_png
 from sgrec_ray.runs import RunContext
 
 log = logging.getLogger(__name__)
@@ -284,10 +284,7 @@ def write_plots(ctx: RunContext) -> dict[str, str]:
     if not aspects:
         return {}
     ok = _ok_scores(scores, aspects)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     scale = ctx.cfg.judge.scale
     fig, axes = plt.subplots(1, len(aspects), figsize=(3.2 * len(aspects), 2.8), squeeze=False)
@@ -300,10 +297,7 @@ def write_plots(ctx: RunContext) -> dict[str, str]:
         ax.set_xlabel(f"expected score 1..{scale}")
     axes[0][0].set_ylabel("judged rows")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    storage.write_bytes(storage.join(ctx.run_uri, PLOT_FILE), buf.getvalue())
+    save_png(fig, storage.join(ctx.run_uri, PLOT_FILE), dpi=110)
     return {"Judge aspect score distributions": PLOT_FILE}
 
 

@@ -74,13 +74,14 @@ def run(ctx: RunContext) -> StageResult:
 
 
 def build_candidate_table(ctx: RunContext, cfg: JudgeSection, n_items: int) -> pa.Table:
-    """Candidate sets for ``judge.split`` (see :mod:`sgrec_ray.judge.candidates`)."""
+    """Candidate sets for ``judge.split`` (see :mod:`sgrec_ray.judge.candidates`), plus, with
+    ``judge.pair_items``, the items of the same users' Stage B pairs (origin ``pair``)."""
     samples = cands.load_samples(ctx, cfg)
     beams = None
     if cfg.n_beams > 0:
         model_uri = ctx.require("sft")["outputs"]["model"]
         beams = cands.sft_beams(model_uri, samples, cfg.n_beams)
-    return cands.build_candidates(
+    table = cands.build_candidates(
         samples,
         n_items,
         n_random=cfg.n_random,
@@ -90,6 +91,63 @@ def build_candidate_table(ctx: RunContext, cfg: JudgeSection, n_items: int) -> p
         neighbours=cands.load_neighbours(ctx) if cfg.n_hard > 0 else None,
         beams=beams,
     )
+    if not cfg.pair_items:
+        return table
+    return add_pair_items(table, _pair_rows(ctx, samples.column("user_id").to_pylist()))
+
+
+def _pair_rows(ctx: RunContext, users: list[str]) -> pa.Table | None:
+    """``pairs_to_judge`` for ``users``, or None (logged) when the data holds no pairwise feedback."""
+    from sgrec_ray.judge.pairs import pairs_to_judge
+
+    try:
+        return pairs_to_judge(ctx, users=users)
+    except ValueError as exc:  # no ratings and no aggregate.pairs_path: nothing for Stage B
+        log.warning("judge: no pair items added (%s)", exc)
+        return None
+
+
+def add_pair_items(candidates: pa.Table, pairs: pa.Table | None) -> pa.Table:
+    """Append (user_id, item_idx, history) pair rows as origin ``pair``, grouped with their user.
+
+    A pair item that is already a candidate of its user keeps its candidate row (its key
+    ``(user, item, prompt)`` must stay unique); the aggregate stage reads a user's item scores
+    whatever their origin.
+    """
+    if pairs is None or pairs.num_rows == 0:
+        return candidates
+    have = set(
+        zip(
+            candidates.column("user_id").to_pylist(),
+            candidates.column("item_idx").to_pylist(),
+            strict=True,
+        )
+    )
+    keep = [
+        (u, i) not in have
+        for u, i in zip(
+            pairs.column("user_id").to_pylist(), pairs.column("item_idx").to_pylist(), strict=True
+        )
+    ]
+    extra = pairs.filter(pa.array(keep, pa.bool_()))
+    n = extra.num_rows
+    rows = pa.table(
+        {
+            "user_id": extra.column("user_id"),
+            "history": extra.column("history"),
+            "timestamp": pa.nulls(n, pa.int64()),
+            "item_idx": extra.column("item_idx"),
+            "origin": pa.array(["pair"] * n, pa.string()),
+            "split": pa.array(["pairs"] * n, pa.string()),
+        },
+        schema=cands.CANDIDATES,
+    )
+    merged = pa.concat_tables([candidates, rows])
+    # Whole users per chunk (user_chunks) needs a user's rows together; the sort is stable, so
+    # each user's candidates keep their order (target first) ahead of its pair rows.
+    order = {u: k for k, u in enumerate(dict.fromkeys(merged.column("user_id").to_pylist()))}
+    rank = np.array([order[u] for u in merged.column("user_id").to_pylist()])
+    return merged.take(pa.array(np.argsort(rank, kind="stable")))
 
 
 # ---------------------------------------------------------------------------------------------

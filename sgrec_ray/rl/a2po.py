@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -36,8 +35,7 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train import Checkpoint
 
 from sgrec_ray import storage
 from sgrec_ray.config import Config, RlSection
@@ -45,10 +43,16 @@ from sgrec_ray.data import schema
 from sgrec_ray.generator.model import (
     ITEM_TOKENS_FILE,
     SID_VOCAB_FILE,
-    TRAIN_STATE_FILE,
     load_generator,
 )
-from sgrec_ray.generator.sft import TRAIN_LOG_FILE, _inject_failure, _param_groups, _restore, _save
+from sgrec_ray.generator.sft import (
+    export_checkpoint,
+    inject_test_failure,
+    param_groups,
+    restore_checkpoint,
+    save_checkpoint,
+)
+from sgrec_ray.ray_train import fit, make_trainer
 from sgrec_ray.rl.advantages import get_advantage
 from sgrec_ray.rl.groups import fuse_batch
 from sgrec_ray.rl.objective import policy_loss
@@ -90,6 +94,15 @@ def uses_judge(rl: RlSection) -> bool:
 # Stage
 
 
+def check(cfg: Config) -> None:
+    """The pipeline's pre-run check: fusion and reward names, and the judge when the run calls it."""
+    get_advantage(cfg.rl.advantage), get_business_reward(cfg.rl.business_reward)
+    if uses_judge(cfg.rl):
+        from sgrec_ray.judge.engines import preflight
+
+        preflight(cfg.judge)
+
+
 def run(ctx: RunContext) -> StageResult:
     """Fine-tune ``<run>/sft/model`` with the configured fusion; evaluate it like the SFT row."""
     from sgrec_ray.eval.stage import evaluate_model, load_eval_samples
@@ -125,7 +138,9 @@ def run(ctx: RunContext) -> StageResult:
     )
     samples = load_eval_samples(ctx)
     name = cfg.rl.advantage
-    methods = evaluate_model(ctx, name, result.outputs["model"], samples, items.num_rows)
+    methods = evaluate_model(
+        ctx, name, result.outputs["model"], samples, items.num_rows, stage=STAGE
+    )
     result.metrics["methods"] = methods
     result.metrics["method_name"] = name
     return result
@@ -226,25 +241,16 @@ def train_policy(
         f"worker(s) x G={rl.group_size} ({rl.rollout})",
         flush=True,
     )
-    trainer = TorchTrainer(
+    trainer = make_trainer(
         _train_loop,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(
-            num_workers=rl.num_workers,
-            use_gpu=rl.use_gpu,
-            resources_per_worker={"CPU": rl.cpus_per_worker},
-        ),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=storage_path,
-            failure_config=FailureConfig(max_failures=rl.max_failures),
-        ),
+        loop_config,
+        rl,
+        name=run_name,
+        storage_path=storage_path,
     )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"A2PO run {run_name} finished without a checkpoint")
+    result = fit(trainer, f"A2PO run {run_name}")
     model_uri = storage.join(stage_uri, MODEL_DIR)
-    log = _export(result.checkpoint, model_uri)
+    log = export_checkpoint(result.checkpoint, model_uri)
     telemetry_uri = storage.join(stage_uri, TELEMETRY_FILE)
     storage.write_text(telemetry_uri, "".join(json.dumps(r) + "\n" for r in log if "step" in r))
     from sgrec_ray.rl.telemetry import plot_curves
@@ -259,20 +265,6 @@ def train_policy(
         outputs={"model": model_uri, "telemetry": telemetry_uri, "curves": curves},
         metrics=metrics,
     )
-
-
-def _export(checkpoint: Checkpoint, model_uri: str) -> list[dict[str, Any]]:
-    """Copy a Ray Train checkpoint minus optimizer state/log to ``model_uri``; return its log."""
-    with checkpoint.as_directory() as ckpt_dir, tempfile.TemporaryDirectory() as tmp:
-        export = os.path.join(tmp, MODEL_DIR)
-        shutil.copytree(ckpt_dir, export, ignore=shutil.ignore_patterns(TRAIN_STATE_FILE))
-        log_path = os.path.join(export, TRAIN_LOG_FILE)
-        with open(log_path) as f:
-            log = [json.loads(line) for line in f if line.strip()]
-        os.remove(log_path)
-        storage.delete_dir(model_uri)
-        storage.upload_dir(export, model_uri)
-    return log
 
 
 def summarize(log: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
@@ -370,9 +362,9 @@ def _train_loop(config: dict[str, Any]) -> None:
     if ckpt is None:
         model, token_map = sft.model, sft.token_map
     else:
-        model, tokenizer, state, log = _restore(ckpt)
+        model, tokenizer, state, log = restore_checkpoint(ckpt)
         token_map = np.asarray(state["token_map"], dtype=np.int64)
-    save_cfg = {  # what the shared checkpoint writer (sft._save) needs to rebuild the meta
+    save_cfg = {  # what the shared checkpoint writer (sft.save_checkpoint) needs to rebuild the meta
         "size": sft.meta.size,
         "pretrained": sft.meta.pretrained,
         "level_sizes": SidVocab.from_json(sid_vocab_json).level_sizes,
@@ -383,7 +375,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     reference.to(device)
-    optimizer = torch.optim.AdamW(_param_groups(model, 0.0), lr=rl.lr, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(param_groups(model, 0.0), lr=rl.lr, betas=(0.9, 0.95))
     # Constant LR; a scheduler object still exists because the shared checkpoint layout holds one.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     start = 0
@@ -491,12 +483,12 @@ def _train_loop(config: dict[str, Any]) -> None:
                 flush=True,
             )
         if fail_after is not None and done == fail_after + 1 and rank == 0:
-            _inject_failure()
+            inject_test_failure()
         if done % max(rl.checkpoint_every, 1) == 0 or last:
             with tempfile.TemporaryDirectory() as tmp:
                 checkpoint = None
                 if rank == 0:  # one writer; every rank still reports (a barrier)
-                    _save(tmp, model, tokenizer, token_map, optimizer, scheduler,
+                    save_checkpoint(tmp, model, tokenizer, token_map, optimizer, scheduler,
                           done, done, log, save_cfg)  # fmt: skip
                     checkpoint = Checkpoint.from_directory(tmp)
                 ray.train.report(record, checkpoint=checkpoint)

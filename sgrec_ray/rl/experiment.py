@@ -27,6 +27,7 @@ import numpy as np
 from sgrec_ray import storage
 from sgrec_ray.config import Config
 from sgrec_ray.data import schema
+from sgrec_ray.plots import pyplot, save_png
 from sgrec_ray.runs import RunContext, StageResult, write_manifest
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = Fa
         row["judge_pairs_vs_full"] = (
             _safe_div(row["judge_pairs"], full["judge_pairs"]) if full else None
         )
-    methods = {name: _mean_std(rows) for name, rows in runs.items()}
+    methods = {name: mean_std(rows) for name, rows in runs.items()}
     plots = _plots(ctx, methods, study, telemetry)
     metrics = {
         "setting": scorer.setting,
@@ -284,7 +285,7 @@ def _mean_key(rows: list[dict[str, Any]], key: str) -> float | None:
     return round(float(np.mean(values)), 4) if values else None
 
 
-def _mean_std(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def mean_std(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean of every numeric measure over seeds, plus ``std`` (sample std; 0 for one run)."""
     out: dict[str, Any] = {"runs": len(rows)}
     std: dict[str, float] = {}
@@ -335,12 +336,8 @@ def _plots(
     telemetry: dict[str, list[dict[str, Any]]],
 ) -> dict[str, str]:
     """Bar chart of the table, the rate study, and seed-0 training curves; run-relative paths."""
-    import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from sgrec_ray.rl.telemetry import plot_curves
 
@@ -360,10 +357,7 @@ def _plots(
         ax.set_title(key, fontsize=9)
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    storage.write_bytes(ctx.path(STAGE, "methods.png"), buf.getvalue())
+    save_png(fig, ctx.path(STAGE, "methods.png"), dpi=100)
     out["Methods (mean ± std over seeds)"] = f"{STAGE}/methods.png"
 
     if study:
@@ -384,10 +378,7 @@ def _plots(
         ax2.set_ylabel("judge calls (pairs)")
         ax1.legend(fontsize=8)
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-        plt.close(fig)
-        storage.write_bytes(ctx.path(STAGE, "semantic_rate_study.png"), buf.getvalue())
+        save_png(fig, ctx.path(STAGE, "semantic_rate_study.png"), dpi=100)
         out["Semantic-rate study (A2PO, first seed)"] = f"{STAGE}/semantic_rate_study.png"
     if telemetry:
         plot_curves(telemetry, ctx.path(STAGE, "curves.png"))

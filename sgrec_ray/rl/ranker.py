@@ -33,13 +33,13 @@ import ray.train
 import ray.train.torch
 import torch
 from numpy.typing import NDArray
-from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train import Checkpoint
 from torch import nn
 
 from sgrec_ray import storage
 from sgrec_ray.config import Config
 from sgrec_ray.data import schema
+from sgrec_ray.ray_train import checkpoint_dir, fit, make_trainer
 from sgrec_ray.runs import RunContext, StageResult, fingerprint
 
 STAGE = "ranker"
@@ -280,24 +280,17 @@ def run(ctx: RunContext) -> StageResult:
         "max_history": cfg.data.max_history,
         "held": held,
     }
-    trainer = TorchTrainer(
+    trainer = make_trainer(
         _train_loop,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(
-            num_workers=rk.num_workers, resources_per_worker={"CPU": rk.cpus_per_worker}
-        ),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=storage_path,
-            failure_config=FailureConfig(max_failures=rk.max_failures),
-        ),
+        loop_config,
+        rk,
+        name=run_name,
+        storage_path=storage_path,
         datasets={"train": ray.data.from_arrow(_rows_table(train))},
     )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"ranker run {run_name} finished without a checkpoint")
+    result = fit(trainer, f"ranker run {run_name}")
     model_uri = ctx.path(STAGE, MODEL_DIR)
-    with result.checkpoint.as_directory() as d:
+    with checkpoint_dir(result.checkpoint) as d:
         storage.delete_dir(model_uri)
         storage.upload_dir(d, model_uri)
     held_labels = np.asarray(held["label"])
@@ -335,7 +328,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     start = 0
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
-        with ckpt.as_directory() as d:
+        with checkpoint_dir(ckpt) as d:
             net.load_state_dict(torch.load(os.path.join(d, WEIGHTS_FILE), weights_only=True))
             with open(os.path.join(d, SPEC_FILE)) as f:
                 start = json.load(f)["epoch"] + 1

@@ -11,7 +11,6 @@ per-worker means would weight a worker with one judged group like one with twent
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from sgrec_ray import storage
+from sgrec_ray.plots import pyplot, save_png
 
 # Summed over workers each step.
 SUM_KEYS = (
@@ -155,10 +155,7 @@ def plot_curves(
     runs: Mapping[str, Sequence[dict[str, Any]]], out_uri: str, keys: Sequence[str] | None = None
 ) -> str:
     """A grid of per-step curves, one line per run name; written as PNG to ``out_uri``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     curves = [c for c in CURVES if keys is None or c[0] in keys]
     cols = 4
@@ -177,8 +174,5 @@ def plot_curves(
     if len(runs) > 1:
         axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    storage.write_bytes(out_uri, buf.getvalue())
+    save_png(fig, out_uri, dpi=100)
     return out_uri

@@ -24,6 +24,7 @@ OVERRIDES = [
     "judge.batch_size=3",  # whole users: one user (3 candidates) per chunk
     "judge.max_prompt_tokens=480",  # the long-history user must be truncated
     "judge.long_history=30",
+    "judge.pair_items=false",  # test_pair_items_join_their_users covers them
 ]
 
 
@@ -195,3 +196,58 @@ def test_beam_candidates_come_from_the_sft_model(tmp_path, monkeypatch):
     rows = [(r["user_id"], r["item_idx"], r["origin"]) for r in table.to_pylist()]
     assert ("a", 5, "target") in rows and ("a", 11, "beam") in rows and ("a", 5, "beam") not in rows
     assert ("c", 23, "target") in rows and not any(r[0] == "c" and r[2] == "beam" for r in rows)
+
+
+def test_pair_items_join_their_users(tmp_path):
+    """Pair items of the judged users become ``pair`` rows after the user's candidates; an item
+    that is already a candidate keeps its candidate row; users outside the sample get none."""
+    ctx = make_run(tmp_path, ["judge.pair_items=true"])
+    # a: liked 9 and 5, disliked 10 → pairs (5,10), (9,10); 5 is also a's target.
+    # d: not in the judged sample, so its pairs are not judged here.
+    events = [
+        ("a", 9, 10, 5.0),
+        ("a", 10, 11, 1.0),
+        ("a", 5, 12, 4.0),
+        ("d", 1, 5, 5.0),
+        ("d", 2, 6, 1.0),
+    ]
+    storage.write_table(
+        ctx.path("data", schema.INTERACTIONS_FILE),
+        pa.table(
+            {
+                "user_id": [e[0] for e in events],
+                "item_idx": pa.array([e[1] for e in events], pa.int32()),
+                "timestamp": pa.array([e[2] for e in events], pa.int64()),
+                "rating": pa.array([e[3] for e in events], pa.float32()),
+                "value": pa.nulls(len(events), pa.float32()),
+            },
+            schema=schema.INTERACTIONS,
+        ),
+    )
+    table = stage.build_candidate_table(ctx, ctx.cfg.judge, N_ITEMS)
+    rows = [(r["user_id"], r["item_idx"], r["origin"]) for r in table.to_pylist()]
+    assert [r for r in rows if r[2] == "pair"] == [("a", 9, "pair"), ("a", 10, "pair")]
+    assert ("a", 5, "target") in rows and ("a", 5, "pair") not in rows
+    users = table.column("user_id").to_pylist()
+    assert users == sorted(users, key=["a", "b", "c"].index)  # each user's rows stay together
+    assert rows[0] == ("a", 5, "target")
+    pair_rows = [r for r in table.to_pylist() if r["origin"] == "pair"]
+    assert all(r["split"] == "pairs" and r["timestamp"] is None for r in pair_rows)
+    assert all(r["history"] == [] for r in pair_rows)  # nothing of a's before the pair cutoff
+
+
+def test_pair_items_are_skipped_without_feedback(tmp_path):
+    ctx = make_run(tmp_path, ["judge.pair_items=true"])
+    events = pa.table(
+        {
+            "user_id": ["a"],
+            "item_idx": pa.array([1], pa.int32()),
+            "timestamp": pa.array([1], pa.int64()),
+            "rating": pa.nulls(1, pa.float32()),
+            "value": pa.nulls(1, pa.float32()),
+        },
+        schema=schema.INTERACTIONS,
+    )
+    storage.write_table(ctx.path("data", schema.INTERACTIONS_FILE), events)
+    table = stage.build_candidate_table(ctx, ctx.cfg.judge, N_ITEMS)
+    assert "pair" not in table.column("origin").to_pylist() and table.num_rows == 9

@@ -6,9 +6,22 @@ import pytest
 
 from sgrec_ray import storage
 from sgrec_ray.report import REPORT_JSON, REPORT_MD
-from sgrec_ray.rl.experiment import ARMS, run_experiment
+from sgrec_ray.rl.experiment import ARMS, KEYS, mean_std, run_experiment
 from tests.rl.conftest import rl_ctx
 from tests.rl.fakes import FakeSemantic
+
+
+def test_mean_std_over_seeds():
+    rows = [
+        {"seed": 0, "hr@10": 0.1, "judge@10": None, "train": {"wall_s": 1.0}},
+        {"seed": 1, "hr@10": 0.3, "judge@10": None, "train": {"wall_s": 2.0}},
+    ]
+    out = mean_std(rows)
+    assert out["runs"] == 2 and out["hr@10"] == pytest.approx(0.2)
+    assert out["std"]["hr@10"] == pytest.approx(0.141421, abs=1e-6)  # sample std (ddof=1)
+    assert out["judge@10"] is None and "judge@10" not in out["std"]  # absent, not zero
+    assert "seed" not in out and set(KEYS) <= set(out)
+    assert mean_std(rows[:1])["std"]["hr@10"] == 0.0
 
 
 @pytest.mark.integration
@@ -18,11 +31,11 @@ def test_experiment_writes_table_study_and_reading(rl_base):
         rl_base,
         [
             "run.name=tiny",
-            "rl.steps=2",
+            "rl.steps=1",
             "rl.users_per_step=4",
             "rl.group_size=4",
             "rl.semantic_rate=0.5",
-            "rl.seeds=[0,1]",
+            "rl.seeds=[0]",  # means and stds over seeds: test_mean_std_over_seeds
             "rl.study_rates=[0.0,0.5]",
             "rl.judge_eval_users=5",
         ],
@@ -32,7 +45,7 @@ def test_experiment_writes_table_study_and_reading(rl_base):
     assert set(methods) == {"sft", *ARMS}
     for name in ARMS:
         row = methods[name]
-        assert row["runs"] == 2 and "std" in row
+        assert row["runs"] == 1 and "std" in row
         for key in ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "judge@10", "genre@10"):
             assert (key in row and key in row["std"]) or row[key] is None
     assert methods["sft"]["judge@10"] is not None
@@ -41,7 +54,7 @@ def test_experiment_writes_table_study_and_reading(rl_base):
     assert study[0]["judge_pairs"] == 0 < study[1]["judge_pairs"]
     assert any("Claim 1" in line for line in metrics["reading"])
     # Arms live under <run>/experiment/<arm>-seed<k>/ and reuse the base run's shared stages.
-    assert storage.exists(ctx.path("experiment", "a2po-seed1", "result.json"))
+    assert storage.exists(ctx.path("experiment", "a2po-seed0", "result.json"))
     assert storage.exists(ctx.path("experiment", "a2po-seed0-rate0", "result.json"))
     report = storage.read_json(storage.join(ctx.run_uri, REPORT_JSON))
     assert set(ARMS) <= set(report["methods"]) and report["semantic_rate_study"]

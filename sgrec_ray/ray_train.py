@@ -1,0 +1,84 @@
+"""Ray Train plumbing shared by every trainer here (SFT, A2PO, ranker, Stage B aggregator).
+
+One place for the three things each of them needs and that are easy to get subtly wrong: a
+``TorchTrainer`` built from the fields every trainer section of the config has, a finished run that
+must have produced a checkpoint, and reading a checkpoint on a worker without racing the other ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import pyarrow.fs as pafs
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+
+class Workers(Protocol):
+    """The fields every trainer's config section has (sft, rl, ranker, aggregate)."""
+
+    num_workers: int
+    cpus_per_worker: float
+    max_failures: int
+
+
+def make_trainer(
+    loop: Callable[[dict[str, Any]], None],
+    loop_config: dict[str, Any],
+    workers: Workers,
+    *,
+    name: str,
+    storage_path: str,
+    datasets: dict[str, Any] | None = None,
+    num_to_keep: int | None = None,
+) -> TorchTrainer:
+    """A ``TorchTrainer`` whose run lives at ``storage_path/name`` (so a rerun with that name resumes).
+
+    ``workers`` is the trainer's config section; ``use_gpu`` is read when the section has it.
+    """
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=workers.num_workers,
+            use_gpu=bool(getattr(workers, "use_gpu", False)),
+            resources_per_worker={"CPU": workers.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=workers.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep),
+        ),
+        datasets=datasets,
+    )
+
+
+def fit(trainer: TorchTrainer, what: str) -> Result:
+    """``trainer.fit()``, failing loudly when the run ended without a checkpoint to export."""
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"{what}: training finished without a checkpoint ({result.error})")
+    return result
+
+
+@contextlib.contextmanager
+def checkpoint_dir(checkpoint: Checkpoint) -> Iterator[str]:
+    """A local directory holding ``checkpoint``, private to this process.
+
+    ``Checkpoint.as_directory`` downloads a remote checkpoint into one temp dir shared by every
+    process on the node; when two ranks restore at once, the second can re-download over files the
+    first is reading (CI saw a truncated ``config.json`` from an S3 checkpoint). A private copy
+    costs one download per rank and cannot race. Local checkpoints are read in place.
+    """
+    if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
+        yield checkpoint.path
+        return
+    with tempfile.TemporaryDirectory(prefix="sgrec-ckpt-") as tmp:
+        local = os.path.join(tmp, "checkpoint")
+        checkpoint.to_directory(local)
+        yield local
