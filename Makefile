@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 # A loopback test cluster needs no token; set it explicitly (Ray 2.60 defaults to token auth).
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install demo test test-fast lint format bench clean
+.PHONY: install demo demo-psj experiment test test-fast lint format bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,14 @@ demo: install
 	$(BIN)/sgrec run configs/ml100k.yaml
 	# The online path: start the generator behind HTTP, send one real request, stop.
 	$(BIN)/sgrec serve configs/ml100k.yaml --demo
+
+# Not in `make demo` (it would pass 15 minutes on 2 cores): the Personalized Semantic Judge on the
+# demo run (~10 min: 60 users, ~960 judged pairs), and the A2PO comparison (about an hour).
+demo-psj: install
+	$(BIN)/sgrec run configs/ml100k.yaml --stages data,sid,sft,eval,judge,aggregate
+
+experiment: install
+	$(BIN)/sgrec experiment configs/ml100k.yaml
 
 test: install
 	$(BIN)/pytest -q

@@ -184,6 +184,23 @@ class JudgeSection:
 
 
 @dataclass
+class AlignSection:
+    """Aligning the judge LLM (PSJ Stage A) on point-wise labels: where labels come from, the split."""
+
+    # Point-wise labels, Parquet or JSONL: user_id, item_id (or item_idx), one column per
+    # judge.aspects on 1..judge.scale, optional rationale/source/timestamp. None = weak labels
+    # derived from the ratings (sgrec_ray.align.weak_labels), which are only a proxy.
+    labels_path: str | None = None
+    heldout_fraction: float = 0.2  # the latest labels by time are held out for evaluation
+    # Weak labels: Future is read from the next `future_window` events after the labelled one.
+    future_window: int = 5
+    # Weak labels: share of every aspect that comes from the user's own rating (the rest is the
+    # genre signal of that aspect); 0 = genre signal only, 1 = every aspect equals the rating.
+    rating_weight: float = 0.5
+    min_history: int = 1  # weak labels: earlier events an event needs before it gets a label
+
+
+@dataclass
 class AggregateSection:
     """Stage B: user-conditional aspect weights w(x) learned from pairwise feedback."""
 
@@ -307,6 +324,7 @@ class Config:
     sft: SftSection = field(default_factory=SftSection)
     eval: EvalSection = field(default_factory=EvalSection)
     judge: JudgeSection = field(default_factory=JudgeSection)
+    align: AlignSection = field(default_factory=AlignSection)
     aggregate: AggregateSection = field(default_factory=AggregateSection)
     serve: ServeSection = field(default_factory=ServeSection)
     ranker: RankerSection = field(default_factory=RankerSection)

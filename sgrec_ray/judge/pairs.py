@@ -112,32 +112,43 @@ def rating_pairs(
     )
 
 
-def time_split(pairs: pa.Table, heldout_fraction: float) -> tuple[pa.Table, int | None]:
-    """Add ``split``: the latest ``heldout_fraction`` of pairs (by timestamp) are ``heldout``.
+def split_by_time(
+    timestamps: pa.ChunkedArray | pa.Array, heldout_fraction: float, what: str, key: str
+) -> tuple[np.ndarray, int | None]:
+    """(held-out mask, cutoff): the latest ``heldout_fraction`` of rows by timestamp are held out.
 
-    Returns (PAIRS table, cutoff) where heldout ⇔ timestamp ≥ cutoff; ties at the cutoff all go to
-    held-out so one moment is never split across both sides. Without timestamps (all null) row
-    order stands for time and the cutoff is None.
+    Held-out ⇔ timestamp ≥ cutoff; ties at the cutoff all go to held-out so one moment is never
+    split across both sides, and held-out accuracy is a forecast. Without timestamps (all null)
+    row order stands for time and the cutoff is None. ``what``/``key`` name the rows and the config
+    key in errors (Stage B pairs, alignment labels).
     """
     if not 0.0 <= heldout_fraction < 1.0:
-        raise ValueError(f"aggregate.heldout_fraction must be in [0, 1), got {heldout_fraction}")
-    n = pairs.num_rows
+        raise ValueError(f"{key} must be in [0, 1), got {heldout_fraction}")
+    n = len(timestamps)
     n_held = math.ceil(heldout_fraction * n) if n else 0
-    ts = pairs.column("timestamp")
-    if ts.null_count == n:  # no time: the last rows are the latest
-        held = np.arange(n) >= n - n_held
-        cutoff = None
-    elif ts.null_count:
-        raise ValueError("pair timestamps must be all present or all absent")
-    else:
-        times = ts.to_numpy()
-        cutoff = int(np.sort(times)[n - n_held]) if n_held else int(times.max()) + 1
-        held = times >= cutoff
-    split = pa.array(np.where(held, "heldout", "train").tolist(), pa.string())
-    table = pairs.select(["user_id", "preferred", "other", "timestamp"]).append_column(
-        "split", split
+    if timestamps.null_count == n:  # no time: the last rows are the latest
+        return np.arange(n) >= n - n_held, None
+    if timestamps.null_count:
+        raise ValueError(
+            f"{what} timestamps must be all present or all absent: {timestamps.null_count} of {n} "
+            "are missing, so the held-out split would mix time and file order"
+        )
+    times = timestamps.to_numpy()
+    cutoff = int(np.sort(times)[n - n_held]) if n_held else int(times.max()) + 1
+    return times >= cutoff, cutoff
+
+
+def split_column(held: np.ndarray) -> pa.Array:
+    return pa.array(np.where(held, "heldout", "train").tolist(), pa.string())
+
+
+def time_split(pairs: pa.Table, heldout_fraction: float) -> tuple[pa.Table, int | None]:
+    """Add ``split`` to pairs by :func:`split_by_time`. Returns (PAIRS table, cutoff)."""
+    held, cutoff = split_by_time(
+        pairs.column("timestamp"), heldout_fraction, "pair", "aggregate.heldout_fraction"
     )
-    return table.cast(PAIRS), cutoff
+    table = pairs.select(["user_id", "preferred", "other", "timestamp"])
+    return table.append_column("split", split_column(held)).cast(PAIRS), cutoff
 
 
 def read_pairs_file(
