@@ -44,6 +44,7 @@ import numpy as np
 import pyarrow as pa
 
 from sgrec_ray.align.labels import label_schema
+from sgrec_ray.data.items import genre_matrix
 
 NO_RATING = "no_rating"
 RATING_OUT_OF_RANGE = "rating_out_of_range"
@@ -51,24 +52,6 @@ NO_GENRES = "no_genres"
 SHORT_HISTORY = "short_history"
 NO_FUTURE = "no_future"
 SUPPORTED_ASPECTS = ("profile", "future", "novelty")
-
-
-def genre_matrix(items: pa.Table) -> np.ndarray:
-    """bool [n_items, n_genres]: row item_idx marks the item's genres ("Action, Comedy" → 2 marks).
-
-    Genres are split on commas and stripped, so "Action,Comedy" reads the same; an item without a
-    genres value (or a table without the column) gets an all-False row.
-    """
-    idx = items.column("item_idx").to_pylist()
-    raw = (
-        items.column("genres").to_pylist() if "genres" in items.column_names else [None] * len(idx)
-    )
-    sets = [{g.strip() for g in (text or "").split(",")} - {""} for text in raw]
-    vocab = {g: k for k, g in enumerate(sorted(set().union(*sets)))}
-    out = np.zeros((max(idx, default=-1) + 1, len(vocab)), dtype=bool)
-    for i, genres in zip(idx, sets, strict=True):
-        out[i, [vocab[g] for g in genres]] = True
-    return out
 
 
 def rating_level(rating: float, rating_range: tuple[float, float], scale: int) -> float:

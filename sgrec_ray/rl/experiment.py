@@ -27,6 +27,7 @@ import numpy as np
 from sgrec_ray import storage
 from sgrec_ray.config import Config
 from sgrec_ray.data import schema
+from sgrec_ray.data.items import genre_matrix
 from sgrec_ray.plots import pyplot, save_png
 from sgrec_ray.runs import RunContext, StageResult, write_manifest
 
@@ -188,8 +189,7 @@ class _Scorer:
         self.setting = cfg.eval.settings[0]
         items = storage.read_table(ctx.path("data", schema.ITEMS_FILE)).sort_by("item_idx")
         self.n_items = items.num_rows
-        genres = items.column("genres").to_pylist() if "genres" in items.column_names else None
-        self.genres = [set((g or "").split(", ")) - {""} for g in genres] if genres else None
+        self.genres = genre_matrix(items) if "genres" in items.column_names else None
         self.liked = self._liked_targets()
         self.judge_users = min(cfg.rl.judge_eval_users, self.n_users) if semantic else 0
         self.ranker = None
@@ -245,10 +245,11 @@ class _Scorer:
     def _genre(self, top: list[list[int]], targets: list[int]) -> float | None:
         if self.genres is None:
             return None
+        g = self.genres
         shares = [
-            np.mean([bool(self.genres[i] & self.genres[t]) for i in items])
+            np.mean((g[items] & g[t]).any(axis=1))
             for items, t, liked in zip(top, targets, self.liked, strict=True)
-            if liked and items and self.genres[t]
+            if liked and items and g[t].any()
         ]
         return round(float(np.mean(shares)), 6) if shares else None
 

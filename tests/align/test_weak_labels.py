@@ -9,13 +9,13 @@ import pytest
 
 from sgrec_ray.align.labels import item_index, label_schema, validate_labels
 from sgrec_ray.align.weak_labels import (
-    genre_matrix,
     rating_level,
     to_level,
     user_signals,
     weak_labels,
 )
 from sgrec_ray.config import DataSection
+from sgrec_ray.data.items import genre_matrix
 from sgrec_ray.data.stage import build
 
 ITEMS = pa.table(
