@@ -24,7 +24,13 @@ _PASSTHROUGH = (
 
 
 def worker_env(cfg: Config) -> dict[str, str]:
-    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        # Ray Train V2 routes print() through logging *and* tees it to a replaced stdout, so every
+        # progress line of a training loop reached the driver twice.
+        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    }
     env.update({k: os.environ[k] for k in _PASSTHROUGH if k in os.environ})
     env.update(cfg.ray.env_vars)
     return env
