@@ -1,6 +1,6 @@
 """Ray job entrypoint, e.g.
 
-    ray job submit --working-dir . -- python jobs/judge_logs.py --config configs/ml100k.yaml
+ray job submit --working-dir . -- python jobs/judge_logs.py --config configs/ml100k.yaml
 """
 
 import sys
