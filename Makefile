@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 # A loopback test cluster needs no token; set it explicitly (Ray 2.60 defaults to token auth).
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install demo demo-psj experiment test test-fast lint format bench clean
+.PHONY: install demo demo-psj demo-align experiment test test-fast lint format bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ demo: install
 # demo run (~10 min: 60 users, ~960 judged pairs), and the A2PO comparison (~35 min).
 demo-psj: install
 	$(BIN)/sgrec run configs/ml100k.yaml --stages data,sid,sft,eval,judge,aggregate
+
+# Aligning the judge on weak labels from ratings, base vs +SFT vs +SFT+GRPO (~20 min on 2 cores).
+demo-align: install
+	$(BIN)/sgrec run configs/ml100k.yaml --stages data,align
 
 experiment: install
 	$(BIN)/sgrec experiment configs/ml100k.yaml

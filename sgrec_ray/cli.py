@@ -189,6 +189,68 @@ def experiment_main(argv: list[str] | None = None) -> int:
     return _experiment(args.config, args.overrides, args.force)
 
 
+def _annotate(args: argparse.Namespace) -> int:
+    """``sgrec annotate``: the teacher drafts a review sheet, or a reviewed sheet becomes labels.
+
+    Reads the run's data stage (items, interactions); the teacher is ``judge.*`` of the config
+    (point ``judge.model`` at a big model, or ``judge.engine`` stays transformers on a GPU).
+    """
+    import dataclasses
+
+    import pyarrow.compute as pc
+
+    from sgrec_ray import storage
+    from sgrec_ray.align import annotate
+    from sgrec_ray.align.labels import item_index
+    from sgrec_ray.data import schema
+    from sgrec_ray.runs import RunContext
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    ctx = RunContext(cfg)
+    ctx.require("data")
+    items = storage.read_table(ctx.path("data", schema.ITEMS_FILE)).sort_by("item_idx")
+    interactions = storage.read_table(ctx.path("data", schema.INTERACTIONS_FILE))
+    rejects_uri = args.out + ".rejects.parquet"
+    if args.action == "draft":
+        from sgrec_ray.judge.scoring import Judge
+
+        users_uri = ctx.path("data", schema.USERS_FILE)
+        users = storage.read_table(users_uri) if storage.exists(users_uri) else None
+        teacher = Judge(dataclasses.replace(cfg.judge, evidence=True), items, users)
+        requests = annotate.sample_requests(
+            interactions,
+            args.users,
+            args.per_user,
+            cfg.judge.long_history + cfg.judge.recent_history,
+            seed=cfg.run.seed,
+        )
+        print(f"drafting {len(requests)} labels with {annotate.teacher_source(teacher)} ...")
+        labels, rejects = annotate.draft(teacher, requests, items)
+        annotate.export_sheet(labels, args.out, items, interactions)
+        print(f"review sheet: {args.out} ({labels.num_rows} rows)")
+    else:
+        labels, rejects = annotate.import_sheet(
+            args.sheet,
+            cfg.judge.aspects,
+            cfg.judge.scale,
+            item_index(items),
+            default_reviewer=args.reviewer,
+        )
+        storage.write_table(args.out, labels)
+        sources = pc.value_counts(labels.column("source")).to_pylist() if labels.num_rows else []
+        print(f"labels: {args.out} ({labels.num_rows} rows; by source {sources})")
+        print(f"use them with: --set align.labels_path={args.out}")
+    if rejects.num_rows:
+        storage.write_table(rejects_uri, rejects)
+        reasons = pc.value_counts(rejects.column("reason")).to_pylist()
+        print(f"rejected {rejects.num_rows} rows {reasons}: {rejects_uri}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sgrec", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -223,7 +285,27 @@ def main(argv: list[str] | None = None) -> int:
     exp_p.add_argument("--force", action="store_true", help="retrain arms that already finished")
     exp_p.add_argument("-v", "--verbose", action="store_true")
 
+    ann_p = sub.add_parser(
+        "annotate", help="draft judge labels with a teacher for review, or import a reviewed sheet"
+    )
+    ann_p.add_argument("config", help="experiment YAML whose data stage has run")
+    ann_p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ann_sub = ann_p.add_subparsers(dest="action", required=True)
+    draft_p = ann_sub.add_parser("draft", help="teacher-drafted labels → a review sheet (CSV)")
+    draft_p.add_argument("--users", type=int, default=20, help="users to sample")
+    draft_p.add_argument("--per-user", type=int, default=3, help="events per user to label")
+    draft_p.add_argument("--out", required=True, help="the review sheet to write (CSV, any URI)")
+    import_p = ann_sub.add_parser("import", help="a reviewed sheet → labels (Parquet)")
+    import_p.add_argument("sheet", help="the reviewed CSV")
+    import_p.add_argument("--out", required=True, help="labels to write (Parquet, any URI)")
+    import_p.add_argument(
+        "--reviewer", default=None, help="reviewer of rows whose reviewer cell is empty"
+    )
+
     args = p.parse_args(argv)
+    if args.cmd == "annotate":
+        _setup_logging(False)
+        return _annotate(args)
     if args.cmd == "experiment":
         _setup_logging(args.verbose)
         return _experiment(args.config, args.overrides, args.force)

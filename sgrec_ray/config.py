@@ -180,7 +180,9 @@ class JudgeSection:
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
     max_retries: int = 1  # scoring=generate: extra sampled attempts before a row is marked failed
-    adapter: str | None = None  # a LoRA adapter URI (from the align stage) applied to the judge
+    # A LoRA adapter applied to the judge: a folder/URI (peft format), or "align" = this run's align
+    # stage output (judge and a2po then rerun whenever align does).
+    adapter: str | None = None
 
 
 @dataclass
@@ -198,6 +200,43 @@ class AlignSection:
     # genre signal of that aspect); 0 = genre signal only, 1 = every aspect equals the rating.
     rating_weight: float = 0.5
     min_history: int = 1  # weak labels: earlier events an event needs before it gets a label
+    # How many labels each phase uses (a seeded sample, by user): the train split feeds SFT and
+    # GRPO, the held-out split the evaluation. None = all. CPU-sized defaults; raise them on GPUs.
+    max_train_labels: int | None = 200
+    max_grpo_prompts: int | None = 96
+    max_eval_labels: int | None = 120
+    # PairAUC: users whose Stage B rating pairs are judged by each variant (base, sft, grpo) and a
+    # Stage B aggregator retrained on each variant's scores (aggregate.* settings).
+    pair_users: int | None = 30
+    # LoRA adapter (peft) on the judge's attention projections.
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+    # SFT: cross-entropy on the answer tokens only (score digits, and rationale when a label has one).
+    sft_epochs: int = 1
+    sft_lr: float = 2e-4
+    batch_size: int = 8  # examples per optimizer step, summed over workers
+    # Examples per forward pass; gradients accumulate up to batch_size. 1 suits CPUs (a padded
+    # batch of 500-token prompts is slower and takes GBs more memory); raise it on GPUs.
+    micro_batch: int = 1
+    # GRPO on the judge: group_size answers sampled per prompt, reward = exact_weight * exact match
+    # + (1 - exact_weight) * closeness per aspect, group-relative advantages, PPO clip, KL to SFT.
+    grpo_epochs: int = 1  # passes over the GRPO prompts
+    grpo_lr: float = 5e-5
+    group_size: int = 8
+    ppo_epochs: int = 1  # updates per sampled batch (>1 makes the clip matter)
+    clip: float = 0.2
+    kl_beta: float = 0.05
+    exact_weight: float = 0.5
+    temperature: float = 1.0  # sampling temperature of the answers
+    # Ray Train workers (DDP when > 1); the evaluation runs as one Ray task with the same resources.
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_failures: int = 1
 
 
 @dataclass

@@ -7,6 +7,7 @@ finished manifest exists, otherwise run it and write its manifest last. Later is
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import time
@@ -14,7 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sgrec_ray.config import Config
-from sgrec_ray.runs import RunContext, StageResult, fingerprint, write_manifest
+from sgrec_ray.runs import (
+    RunContext,
+    StageResult,
+    fingerprint,
+    resolve_adapter,
+    uses_aligned,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +64,15 @@ STAGES: dict[str, Stage] = {
         Stage(
             "aggregate", ("aggregate",), ("data", "sid", "judge"), "sgrec_ray.judge.aggregate:run"
         ),
+        # PSJ Stage A alignment: LoRA SFT + GRPO of the judge on point-wise labels, evaluated
+        # base / +SFT / +GRPO with Stage B retrained per variant (hence the aggregate section).
+        Stage(
+            "align",
+            ("align", "judge", "aggregate"),
+            ("data",),
+            "sgrec_ray.align.stage:run",
+            check="sgrec_ray.align.stage:check",
+        ),
         Stage("ranker", ("ranker",), ("data", "sid"), "sgrec_ray.rl.ranker:run"),
         # a2po also reads ranker (business_reward=ranker) and aggregate (semantic_rate > 0) when
         # its config uses them; it requires them itself and fails with the command to run them.
@@ -83,10 +100,19 @@ def parse_stages(spec: str | list[str] | None) -> list[str]:
     return [n for n in STAGES if n in names]
 
 
+def stage_needs(name: str, cfg: Config) -> tuple[str, ...]:
+    """A stage's upstream stages; with ``judge.adapter: align`` the judge's users also need align,
+    so re-aligning the judge reruns them."""
+    needs = STAGES[name].needs
+    if name in ("judge", "a2po") and uses_aligned(cfg):
+        needs = (*needs, "align")
+    return needs
+
+
 def run_stage(ctx: RunContext, name: str) -> dict:
     """Run one stage unless an identical finished manifest exists; return its manifest."""
     stage = STAGES[name]
-    upstream = {dep: ctx.require(dep)["fingerprint"] for dep in stage.needs}
+    upstream = {dep: ctx.require(dep)["fingerprint"] for dep in stage_needs(name, ctx.cfg)}
     fp = fingerprint(ctx.cfg, (*stage.sections, "run_seed"), upstream)
     previous = ctx.manifest(name)
     if previous and previous.get("fingerprint") == fp and not ctx.force:
@@ -108,16 +134,20 @@ def run(cfg: Config, stages: str | list[str] | None = None, force: bool = False)
     """Run the requested stages in pipeline order, then rebuild the run report. Returns the report."""
     from sgrec_ray.report import write_report
 
+    cfg = resolve_adapter(cfg)  # judge.adapter: align → this run's adapter URI
     ctx = RunContext(cfg, force=force)
     names = parse_stages(stages)
     checks = [STAGES[n].check for n in names if STAGES[n].check]
+    check_cfg = cfg
+    if "align" in names and uses_aligned(cfg):  # the adapter is made by this very run: check the
+        check_cfg = dataclasses.replace(cfg, judge=dataclasses.replace(cfg.judge, adapter=None))
     if checks:  # fail in seconds, not after an hour of upstream stages
         if any(STAGES[n].uses_ray for n in names):
             from sgrec_ray.ray_utils import ensure_ray
 
             ensure_ray(cfg)  # some checks ask the cluster (e.g. GPUs for judge.engine=vllm)
         for check in checks:
-            _resolve(check)(cfg)
+            _resolve(check)(check_cfg)
     for name in names:
         run_stage(ctx, name)
     return write_report(ctx)

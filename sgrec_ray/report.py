@@ -28,6 +28,7 @@ REPORT_MD = "report.md"
 # keyed by the report.json section they own.
 SECTIONS: dict[str, str] = {
     "judge": "sgrec_ray.judge.quality",
+    "judge_alignment": "sgrec_ray.align.report",
 }
 
 

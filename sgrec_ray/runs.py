@@ -7,6 +7,7 @@ means, so a finished stage is skipped and a crashed one (no manifest) is simply 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -17,6 +18,7 @@ from sgrec_ray import storage
 from sgrec_ray.config import Config
 
 MANIFEST = "manifest.json"
+ALIGNED = "align"  # judge.adapter value: this run's aligned judge (the align stage's GRPO adapter)
 
 
 @dataclass
@@ -56,6 +58,28 @@ class RunContext:
                 f"(no {self.path(stage, MANIFEST)}); run it first, e.g. `sgrec run CONFIG --stages {stage}`"
             )
         return found
+
+
+def aligned_adapter(ctx: RunContext, variant: str = "grpo") -> str:
+    """Where the align stage writes its adapters (``sft``, ``grpo``)."""
+    return ctx.path("align", "adapter", variant)
+
+
+def resolve_adapter(cfg: Config) -> Config:
+    """``judge.adapter: align`` → the URI of this run's GRPO adapter; any other config unchanged.
+
+    Resolved before stages run, so every consumer (judge stage, reward service, A2PO, the vLLM
+    processor) sees a plain URI and records it in its rows and manifest.
+    """
+    if cfg.judge.adapter != ALIGNED:
+        return cfg
+    uri = aligned_adapter(RunContext(cfg))
+    return dataclasses.replace(cfg, judge=dataclasses.replace(cfg.judge, adapter=uri))
+
+
+def uses_aligned(cfg: Config) -> bool:
+    """Whether the judge reads this run's aligned adapter (before or after :func:`resolve_adapter`)."""
+    return cfg.judge.adapter in (ALIGNED, aligned_adapter(RunContext(cfg)))
 
 
 def fingerprint(cfg: Config, sections: tuple[str, ...], upstream: dict[str, str]) -> str:

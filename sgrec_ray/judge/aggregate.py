@@ -30,13 +30,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from torch import Tensor, nn
 
 from sgrec_ray import storage
 from sgrec_ray.config import AggregateSection
-from sgrec_ray.judge.pairs import attach_scores, build_pairs
+from sgrec_ray.judge import quality
+from sgrec_ray.judge.pairs import PairSet, attach_scores, build_pairs
 from sgrec_ray.judge.user_features import (
     FeatureSpec,
     UserFeaturizer,
@@ -454,29 +456,43 @@ def _copy_checkpoint(checkpoint: Any, uri: str) -> None:
                 storage.write_bytes(storage.join(uri, name), f.read())
 
 
-def run(ctx: RunContext) -> StageResult:
-    """Pairs → aspect scores → user features → TorchTrainer → checkpoint → held-out quality."""
-    from sgrec_ray.data.schema import INTERACTIONS_FILE
-    from sgrec_ray.judge import quality
-    from sgrec_ray.judge.stage import load_scores
+@dataclass
+class WeightsFit:
+    """Stage B trained on one table of judge scores, and its held-out evaluation."""
 
+    aggregator: Aggregator
+    evaluation: dict[str, Any]  # quality.evaluate_pairs on the held-out pairs
+    pairs: pa.Table  # every pair, with why it was skipped (``scores`` column)
+    kept: pa.Table  # pairs with ok scores for both items
+    counts: dict[str, int]  # train / heldout pairs kept
+    skipped: dict[str, int]
+    user_features: dict[str, np.ndarray]
+    history: list[dict[str, Any]]
+    model_uri: str
+    train_s: float
+    train_users: int
+
+
+def fit_weights(
+    ctx: RunContext, scores: pa.Table, pairset: PairSet, out_uri: str, aspects: list[str]
+) -> WeightsFit:
+    """Pairs → aspect scores → user features → TorchTrainer → ``out_uri/model`` → held-out PairAUC.
+
+    The aggregate stage calls it on the judge stage's scores; the align stage on each judge
+    variant's scores (base, +SFT, +GRPO), so every variant is compared with its own Stage B.
+    """
     cfg = ctx.cfg.aggregate
-    scores = load_scores(ctx)
-    aspects = enabled_aspects(ctx.cfg.judge.aspects, scores.column_names)
-    pairset = build_pairs(ctx)
     pairs, a_pref, a_other, skipped = attach_scores(pairset.table, scores, aspects)
-    storage.write_table(ctx.path(STAGE, PAIRS_FILE), pairs)  # every pair, with why it was skipped
     kept = pairs.filter(pc.equal(pairs.column("scores"), "ok"))
     is_train = np.asarray(kept.column("split").to_pylist()) == "train"
     counts = {"train": int(is_train.sum()), "heldout": int((~is_train).sum())}
-    log.info("aggregate: pairs %s, skipped %s, rejects %s", counts, skipped, pairset.rejects)
+    log.info("stage B: pairs %s, skipped %s, rejects %s", counts, skipped, pairset.rejects)
     if counts["train"] == 0:
         raise RuntimeError(
-            f"aggregate: no training pair has ok judge scores for both items "
+            f"stage B: no training pair has ok judge scores for both items "
             f"(pairs {pairset.counts()}, skipped {skipped}). The judge stage must score the pair "
             f"items: add sgrec_ray.judge.pairs.pairs_to_judge(ctx, users) to its candidates."
         )
-
     pair_users = kept.column("user_id").to_pylist()
     all_users = sorted(set(pair_users) | set(scores.column("user_id").to_pylist()))
     feature_spec, user_features = user_features_for(ctx, pairset.cutoff, all_users)
@@ -491,40 +507,65 @@ def run(ctx: RunContext) -> StageResult:
     data = pack_training_data(train_users, a_pref[is_train], a_other[is_train], user_features)
     name = f"train-{_run_name(ctx, data, spec)}"
     if ctx.force:
-        storage.delete_dir(ctx.path(STAGE, name))
+        storage.delete_dir(storage.join(out_uri, name))
     t0 = time.time()
-    checkpoint, history = train_aggregator(
-        data, cfg, spec, ctx.stage_uri(STAGE), name, ctx.cfg.run.seed
-    )
+    checkpoint, history = train_aggregator(data, cfg, spec, out_uri, name, ctx.cfg.run.seed)
     train_s = time.time() - t0
-    model_uri = ctx.path(STAGE, MODEL_DIR)
+    model_uri = storage.join(out_uri, MODEL_DIR)
     _copy_checkpoint(checkpoint, model_uri)
-    storage.write_text(
-        ctx.path(STAGE, "train_log.jsonl"), "".join(json.dumps(r) + "\n" for r in history)
-    )
-
     aggregator = load_aggregator(model_uri)
     held = ~is_train
     held_users = [u for u, t in zip(pair_users, held, strict=True) if t]
-    held_feats = np.stack([user_features[u] for u in held_users]) if held_users else None
-    if held_feats is None:
-        held_feats = np.zeros((0, feature_spec.n_features), np.float32)
+    held_feats = np.zeros((0, feature_spec.n_features), np.float32)
+    if held_users:
+        held_feats = np.stack([user_features[u] for u in held_users])
     evaluation = quality.evaluate_pairs(aggregator, held_feats, a_pref[held], a_other[held])
+    return WeightsFit(
+        aggregator,
+        evaluation,
+        pairs,
+        kept,
+        counts,
+        skipped,
+        user_features,
+        history,
+        model_uri,
+        train_s,
+        len(data["features"]),
+    )
+
+
+def run(ctx: RunContext) -> StageResult:
+    """The judge stage's scores → Stage B weights, pairs and held-out quality."""
+    from sgrec_ray.data.schema import INTERACTIONS_FILE
+    from sgrec_ray.judge.stage import load_scores
+
+    cfg = ctx.cfg.aggregate
+    scores = load_scores(ctx)
+    aspects = enabled_aspects(ctx.cfg.judge.aspects, scores.column_names)
+    pairset = build_pairs(ctx)
+    fit_ = fit_weights(ctx, scores, pairset, ctx.stage_uri(STAGE), aspects)
+    storage.write_table(ctx.path(STAGE, PAIRS_FILE), fit_.pairs)
+    storage.write_text(
+        ctx.path(STAGE, "train_log.jsonl"), "".join(json.dumps(r) + "\n" for r in fit_.history)
+    )
+    kept, aggregator, history = fit_.kept, fit_.aggregator, fit_.history
     interactions = storage.read_table(ctx.path("data", INTERACTIONS_FILE))
     train_pairs = kept.filter(pc.equal(kept.column("split"), "train"))
     heldout_pairs = kept.filter(pc.equal(kept.column("split"), "heldout"))
     point = quality.point_accuracy_for_run(
-        scores, interactions, aggregator, user_features, train_pairs, ctx
+        scores, interactions, aggregator, fit_.user_features, train_pairs, ctx
     )
-    examples = quality.example_rows(ctx, heldout_pairs, scores, aggregator, user_features)
+    examples = quality.example_rows(ctx, heldout_pairs, scores, aggregator, fit_.user_features)
+    skipped = fit_.skipped
     metrics = {
         "aspects": aspects,
-        "pair_auc": evaluation["pair_auc"],
-        "weights_mean": evaluation["weights_mean"],
+        "pair_auc": fit_.evaluation["pair_auc"],
+        "weights_mean": fit_.evaluation["weights_mean"],
         "point_acc": point["point_acc"],
         "point": point,
         "pairs": {
-            **counts,
+            **fit_.counts,
             "skipped": int(sum(skipped.values())),
             "skipped_by_reason": skipped,
             "source": pairset.source,
@@ -535,15 +576,15 @@ def run(ctx: RunContext) -> StageResult:
             "objective": cfg.objective,
             "epochs": cfg.epochs,
             "num_workers": cfg.num_workers,
-            "users": len(data["features"]),
+            "users": fit_.train_users,
             "final": history[-1] if history else {},
-            "seconds": round(train_s, 2),
+            "seconds": round(fit_.train_s, 2),
         },
         "examples": examples,
     }
     return StageResult(
         outputs={
-            "model": model_uri,
+            "model": fit_.model_uri,
             "pairs": ctx.path(STAGE, PAIRS_FILE),
             "train_log": ctx.path(STAGE, "train_log.jsonl"),
         },

@@ -148,14 +148,32 @@ class TransformersEngine:
 
         hf_logging.disable_progress_bar()  # GGUF de-quantisation bars would flood actor logs
         path, kwargs = _local(ref)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         dtype = torch.bfloat16 if device.startswith("cuda") and not ref.gguf_file else torch.float32
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
         if adapter is not None:
-            from peft import PeftModel
+            model = merge_adapter(model, adapter)
+        self._setup(model, tokenizer, device, prefix_sharing, max_batch)
 
-            local = storage.download_dir(adapter, tempfile.mkdtemp(prefix="judge-adapter-"))
-            model = PeftModel.from_pretrained(model, local).merge_and_unload()
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        device: str = "cpu",
+        prefix_sharing: bool = True,
+        max_batch: int = 16,
+    ) -> TransformersEngine:
+        """An engine around an already-loaded model (the align stage scores several variants of
+        one base model without loading it from disk again)."""
+        engine = cls.__new__(cls)
+        engine._setup(model, tokenizer, device, prefix_sharing, max_batch)
+        return engine
+
+    def _setup(
+        self, model: Any, tokenizer: Any, device: str, prefix_sharing: bool, max_batch: int
+    ) -> None:
+        self.tokenizer = tokenizer
         self.model = model.to(device).eval()
         self.device = device
         self.prefix_sharing = prefix_sharing
@@ -163,9 +181,7 @@ class TransformersEngine:
         # transformers 5 renamed the KV-cache keyword ``past_key_values`` to ``cache``.
         params = inspect.signature(self.model.get_decoder().forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        self.pad_id = self.tokenizer.pad_token_id
-        if self.pad_id is None:
-            self.pad_id = self.tokenizer.eos_token_id or 0
+        self.pad_id = pad_id(self.tokenizer)
 
     # -- logprob scoring -------------------------------------------------------------------------
 
@@ -264,6 +280,24 @@ class TransformersEngine:
                 text = self.tokenizer.decode(row, skip_special_tokens=True)
                 texts.append(text.split("\n", 1)[0] if stop_at_newline else text)
         return texts
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The token to pad batches with: pad, else end-of-sequence (SmolLM2 has no pad token)."""
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    return int(tokenizer.eos_token_id or 0)
+
+
+def merge_adapter(model: Any, adapter: str) -> Any:
+    """``model`` with the LoRA adapter at ``adapter`` (peft format, any URI) merged into its weights.
+
+    Merged, not wrapped: the forward pass is the base model's, so an adapter costs no throughput.
+    """
+    from peft import PeftModel
+
+    local = storage.download_dir(adapter, tempfile.mkdtemp(prefix="judge-adapter-"))
+    return PeftModel.from_pretrained(model, local).merge_and_unload()
 
 
 def make_engine(cfg: JudgeSection, ref: ModelRef | None = None) -> TransformersEngine:

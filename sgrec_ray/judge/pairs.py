@@ -45,6 +45,10 @@ PAIRS = pa.schema(
 FILE_COLUMNS = ["user_id", "preferred_item_id", "other_item_id"]  # + optional "timestamp"
 
 
+class NoFeedbackError(ValueError):
+    """The data holds no pairwise feedback: no ratings and no ``aggregate.pairs_path``."""
+
+
 @dataclass
 class PairSet:
     """The pairs of a run, split, plus how many candidate rows were rejected and why."""
@@ -242,7 +246,7 @@ def build_pairs(ctx: RunContext) -> PairSet:
         source = "file"
     else:
         if interactions.column("rating").null_count == interactions.num_rows:
-            raise ValueError(
+            raise NoFeedbackError(
                 f"{ctx.path('data', INTERACTIONS_FILE)} has no ratings, so no pairwise feedback can "
                 f"be derived; set aggregate.pairs_path to a pairwise file "
                 f"({', '.join(FILE_COLUMNS)}, optional timestamp)"

@@ -98,11 +98,11 @@ def build_candidate_table(ctx: RunContext, cfg: JudgeSection, n_items: int) -> p
 
 def _pair_rows(ctx: RunContext, users: list[str]) -> pa.Table | None:
     """``pairs_to_judge`` for ``users``, or None (logged) when the data holds no pairwise feedback."""
-    from sgrec_ray.judge.pairs import pairs_to_judge
+    from sgrec_ray.judge.pairs import NoFeedbackError, pairs_to_judge
 
     try:
         return pairs_to_judge(ctx, users=users)
-    except ValueError as exc:  # no ratings and no aggregate.pairs_path: nothing for Stage B
+    except NoFeedbackError as exc:  # no ratings and no aggregate.pairs_path: nothing for Stage B
         log.warning("judge: no pair items added (%s)", exc)
         return None
 

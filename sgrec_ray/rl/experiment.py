@@ -29,7 +29,7 @@ from sgrec_ray.config import Config
 from sgrec_ray.data import schema
 from sgrec_ray.data.items import genre_matrix
 from sgrec_ray.plots import pyplot, save_png
-from sgrec_ray.runs import RunContext, StageResult, write_manifest
+from sgrec_ray.runs import RunContext, StageResult, resolve_adapter, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = Fa
 
     started = time.time()
     ensure_ray(cfg)
+    cfg = resolve_adapter(cfg)  # judge.adapter: align → this run's aligned judge
     ctx = RunContext(cfg)
     judge_needed = any(
         uses_judge(dataclasses.replace(cfg.rl, advantage=a, semantic_rate=r))  # type: ignore[arg-type]
