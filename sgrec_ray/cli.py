@@ -203,13 +203,14 @@ def _annotate(args: argparse.Namespace) -> int:
     from sgrec_ray.align import annotate
     from sgrec_ray.align.labels import item_index
     from sgrec_ray.data import schema
-    from sgrec_ray.runs import RunContext
+    from sgrec_ray.runs import RunContext, resolve_adapter
 
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    cfg = resolve_adapter(cfg)  # the aligned judge can be a teacher too
     ctx = RunContext(cfg)
     ctx.require("data")
     items = storage.read_table(ctx.path("data", schema.ITEMS_FILE)).sort_by("item_idx")

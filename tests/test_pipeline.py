@@ -87,3 +87,21 @@ def test_cli_runs_a_stage_and_rejects_bad_input(tmp_path, capsys):
     assert "unknown stage(s) ['nope']" in capsys.readouterr().err
     assert cli.main(["run", "configs/tiny.yaml", "--set", "sft.epochs=many"]) == 2
     assert "sft.epochs: expected an integer" in capsys.readouterr().err
+
+
+def test_judge_adapter_align_resolves_to_the_run_and_chains_the_stages(tiny_cfg):
+    import dataclasses
+
+    from sgrec_ray.judge.engines import JudgeSetupError, preflight
+    from sgrec_ray.pipeline import stage_needs
+    from sgrec_ray.runs import resolve_adapter
+
+    cfg = dataclasses.replace(tiny_cfg, judge=dataclasses.replace(tiny_cfg.judge, adapter="align"))
+    assert resolve_adapter(tiny_cfg) is tiny_cfg
+    resolved = resolve_adapter(cfg)
+    assert resolved.judge.adapter.endswith("tiny/align/adapter/grpo")
+    for c in (cfg, resolved):  # judge and a2po rerun whenever align does
+        assert stage_needs("judge", c)[-1] == "align" and stage_needs("a2po", c)[-1] == "align"
+    assert "align" not in stage_needs("judge", tiny_cfg)
+    with pytest.raises(JudgeSetupError, match="--stages align"):
+        preflight(resolved.judge)

@@ -152,10 +152,6 @@ def sft_loss(
     }
 
 
-def _steps(n: int, batch_size: int, epochs: int) -> int:
-    return epochs * max(1, -(-n // batch_size))
-
-
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train worker loop for one phase (``config["phase"]``); rank 0 checkpoints the adapter."""
     import ray.train
@@ -198,8 +194,8 @@ def train_loop(config: dict[str, Any]) -> None:
     if optim_state is not None:
         optim.load_state_dict(optim_state)
     epochs = cfg.sft_epochs if phase == "sft" else cfg.grpo_epochs
-    total = _steps(len(examples), cfg.batch_size, epochs)
     per_epoch = max(1, -(-len(examples) // cfg.batch_size))
+    total = epochs * per_epoch
     if phase == "grpo" and ref_logp is None:
         ref_logp = _reference(net, head, examples, score_ids, pad_id, device, cfg)
     every = max(1, total // 4)

@@ -95,7 +95,10 @@ def preflight(cfg: JudgeSection) -> ModelRef:
     ref = resolve_model(cfg)
     if cfg.adapter is not None:
         if not storage.exists(cfg.adapter):
-            raise JudgeSetupError(f"judge.adapter={cfg.adapter!r}: nothing at that URI")
+            raise JudgeSetupError(
+                f"judge.adapter={cfg.adapter!r}: nothing at that URI (with judge.adapter: align "
+                "it is this run's align stage output: `sgrec run CONFIG --stages align` first)"
+            )
         if importlib.util.find_spec("peft") is None:
             raise JudgeSetupError("judge.adapter needs the package 'peft': `pip install peft`")
     if cfg.engine == "vllm":

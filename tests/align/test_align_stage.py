@@ -1,5 +1,6 @@
-"""The align stage end to end on a real slice of MovieLens-100k with the real SmolLM2 judge:
-weak labels → LoRA SFT → GRPO → base / +SFT / +SFT+GRPO table, and ``judge.adapter: align``."""
+"""The align stage end to end on a real slice of MovieLens-100k: weak labels → LoRA SFT → GRPO →
+base / +SFT / +SFT+GRPO table, ``judge.adapter: align``, and ``sgrec annotate`` — with a tiny judge
+model (``conftest.tiny_judge``: SmolLM2's tokenizer, random 2-layer Llama) so it takes seconds."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ SMALL = [
     "judge.recent_history=2",
     "judge.max_prompt_tokens=256",
     "align.max_train_labels=4",
+    "align.sft_lr=1e-2",
     "align.sft_epochs=2",
     "align.batch_size=4",
     "align.max_grpo_prompts=2",
@@ -37,9 +39,10 @@ SMALL = [
 
 
 @pytest.fixture(scope="module")
-def aligned(tmp_path_factory, ray_session):
+def aligned(tmp_path_factory, ray_session, tiny_judge):
     root = tmp_path_factory.mktemp("align")
-    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"run.storage={root}/runs", *SMALL])
+    overrides = [f"run.storage={root}/runs", f"judge.model={tiny_judge}", *SMALL]
+    cfg = load_config(REPO / "configs" / "tiny.yaml", overrides)
     report = pipeline.run(cfg, ["data", "align"])
     return RunContext(cfg), report
 
@@ -102,7 +105,8 @@ def test_judge_adapter_align_loads_the_grpo_adapter_with_the_evaluated_scores(al
     )
     j = resolved.judge
     requests = label_requests(held, UserEvents(interactions), j.long_history + j.recent_history)
-    judge = Judge(j, items)
+    users = storage.read_table(ctx.path("data", schema.USERS_FILE))  # demographics, as in eval
+    judge = Judge(j, items, users)
     results = judge.score(requests)
     got = np.array([[r.aspects[a] for a in j.aspects] for r in results])
     row = ctx.manifest("align")["metrics"]["judge_alignment"]["grpo"]
@@ -124,6 +128,8 @@ def test_annotate_cli_drafts_a_sheet_and_imports_the_review(aligned, tmp_path, c
     common = [
         "--set",
         f"run.storage={ctx.cfg.run.storage}",
+        "--set",
+        f"judge.model={ctx.cfg.judge.model}",
         *[a for s in SMALL for a in ("--set", s)],
     ]
     common += ["--set", "judge.evidence_max_tokens=6"]
@@ -147,8 +153,10 @@ def test_annotate_cli_drafts_a_sheet_and_imports_the_review(aligned, tmp_path, c
     )
     with open(sheet, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 and rows[0]["source"].startswith("teacher:smollm2-135m-gguf")
-    assert rows[0]["rationale"].startswith("Profile:")  # the teacher's evidence, for the reviewer
+    assert len(rows) == 2 and rows[0]["source"] == f"teacher:{ctx.cfg.judge.model}"
+    # the teacher's evidence, one "Aspect: sentence" line each, for the reviewer
+    for line in rows[0]["rationale"].splitlines():
+        assert line.split(":")[0] in {"Profile", "Future", "Novelty"}
     rows[0] |= {"reviewed_profile": "1", "reviewer": "alice", "accept": "yes"}
     with open(sheet, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

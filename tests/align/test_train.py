@@ -144,29 +144,13 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient(tiny_model):
 
 
 @pytest.mark.integration
-def test_a_killed_worker_resumes_and_grpo_starts_from_the_sft_adapter(
-    tiny_model, tmp_path, ray_session
-):
+def test_grpo_from_an_sft_adapter_resumes_after_a_killed_worker(tiny_model, tmp_path, ray_session):
     from sgrec_ray.align.train import train_adapter
 
-    cfg = dataclasses.replace(CFG, batch_size=1, sft_epochs=2, max_failures=1, group_size=4)
-    sft_uri = str(tmp_path / "adapter" / "sft")
+    cfg = dataclasses.replace(CFG, batch_size=1, grpo_epochs=2, max_failures=1, group_size=4)
+    sft_dir = tmp_path / "adapter" / "sft"
+    _policy(tiny_model, cfg)[0].save_pretrained(sft_dir)  # stands in for the SFT phase's output
     history = train_adapter(
-        "sft",
-        examples(),
-        cfg,
-        tiny_model,
-        SCORE_IDS,
-        PAD,
-        storage_path=str(tmp_path / "train"),
-        name="sft",
-        out_uri=sft_uri,
-        fail_at_step=2,
-    )
-    # 2 examples x 2 epochs, one per step; the worker died after step 2 and resumed from step 1
-    assert [h["step"] for h in history] == [1, 2, 3, 4]
-    assert (tmp_path / "adapter" / "sft" / "adapter_config.json").is_file()
-    grpo = train_adapter(
         "grpo",
         examples(),
         cfg,
@@ -176,8 +160,12 @@ def test_a_killed_worker_resumes_and_grpo_starts_from_the_sft_adapter(
         storage_path=str(tmp_path / "train"),
         name="grpo",
         out_uri=str(tmp_path / "adapter" / "grpo"),
-        init_adapter=sft_uri,
+        init_adapter=str(sft_dir),
+        fail_at_step=2,
     )
-    assert len(grpo) == 2 and {"reward", "exact", "kl"} <= set(grpo[-1])
-    # the GRPO reference is the SFT adapter: no KL before the first update
-    assert grpo[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+    # 2 prompts x 2 epochs, one per step; the worker died after step 2 and resumed from step 1
+    assert [h["step"] for h in history] == [1, 2, 3, 4]
+    assert {"reward", "exact", "kl"} <= set(history[-1])
+    # the reference is the SFT adapter GRPO starts from: no KL before the first update
+    assert history[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert (tmp_path / "adapter" / "grpo" / "adapter_config.json").is_file()
