@@ -35,7 +35,7 @@ demo: install
 demo-psj: install
 	$(BIN)/sgrec run configs/ml100k.yaml --stages data,sid,sft,eval,judge,aggregate
 
-# Aligning the judge on weak labels from ratings, base vs +SFT vs +SFT+GRPO (~20 min on 2 cores).
+# Aligning the judge on weak labels from ratings, base vs +SFT vs +SFT+GRPO (~27 min on 2 cores).
 demo-align: install
 	$(BIN)/sgrec run configs/ml100k.yaml --stages data,align
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,8 +24,6 @@ import pyarrow as pa
 
 from sgrec_ray.config import JudgeSection
 from sgrec_ray.judge.scoring import Judge, JudgeRequest, scores_schema
-
-log = logging.getLogger(__name__)
 
 
 def score_variants(
@@ -63,13 +60,11 @@ def score_variants(
             result[workload] = table
             result[f"{workload}_s"] = round(seconds, 2)
             result[f"{workload}_per_s"] = round(len(requests) / seconds, 3) if seconds else None
-        log.info(
-            "align eval %s: %d labels in %.1fs, %d pair items in %.1fs",
-            name,
-            len(label_requests),
-            result["labels_s"],
-            len(pair_requests),
-            result["pairs_s"],
+        # print, not logging: this runs in a Ray task, whose stdout is what reaches the driver
+        print(
+            f"[align:eval] {name}: {len(label_requests)} labels in {result['labels_s']} s, "
+            f"{len(pair_requests)} pair items in {result['pairs_s']} s",
+            flush=True,
         )
         out[name] = result
         if engine is not base:

@@ -31,7 +31,7 @@ from sgrec_ray.align.examples import Example, encode_examples, label_requests
 from sgrec_ray.align.labels import item_index, read_labels, time_split, validate_labels
 from sgrec_ray.align.objectives import point_metrics
 from sgrec_ray.align.weak_labels import weak_labels
-from sgrec_ray.config import Config
+from sgrec_ray.config import Config, JudgeSection
 from sgrec_ray.data import schema
 from sgrec_ray.judge.scoring import JudgePrompts, JudgeRequest
 from sgrec_ray.runs import RunContext, StageResult, aligned_adapter
@@ -45,8 +45,10 @@ LABELS_FILE = "labels.parquet"
 REJECTS_FILE = "label_rejects.parquet"
 
 
-def adapter_uri(ctx: RunContext, variant: str = "grpo") -> str:
-    return aligned_adapter(ctx, variant)
+def base_judge(cfg: Config) -> JudgeSection:
+    """The judge being aligned: no adapter, and the transformers engine whatever ``judge.engine``
+    says (training needs gradients; vLLM serves the finished adapter)."""
+    return dataclasses.replace(cfg.judge, adapter=None, engine="transformers")
 
 
 def check(cfg: Config) -> None:
@@ -55,14 +57,9 @@ def check(cfg: Config) -> None:
 
     from sgrec_ray.judge.engines import JudgeSetupError, preflight
 
-    preflight(dataclasses.replace(cfg.judge, adapter=None))
+    preflight(base_judge(cfg))
     if importlib.util.find_spec("peft") is None:
         raise JudgeSetupError("the align stage needs 'peft': `pip install sgrec-ray[judge]`")
-    if cfg.judge.engine != "transformers":
-        log.info(
-            "align trains and evaluates with transformers; judge.engine=%s serves the adapter",
-            cfg.judge.engine,
-        )
     path = cfg.align.labels_path
     if path is not None and not storage.exists(storage.normalize(path)):
         raise FileNotFoundError(f"align.labels_path={path!r}: nothing at that URI")
@@ -98,19 +95,16 @@ def load_labels(
         default_source=f"file:{uri}",
     )
     storage.write_table(ctx.path(STAGE, REJECTS_FILE), rejects)
+    by_reason: dict[str, int] = {}
     if rejects.num_rows:
-        reasons = pc.value_counts(rejects.column("reason")).to_pylist()
+        counts = pc.value_counts(rejects.column("reason")).to_pylist()
+        by_reason = {r["values"]: r["counts"] for r in counts}
         log.warning(
-            "align: %d label rows rejected (%s) → %s",
+            "align: %d label rows rejected %s → %s",
             rejects.num_rows,
-            reasons,
+            by_reason,
             ctx.path(STAGE, REJECTS_FILE),
         )
-    by_reason = {}
-    if rejects.num_rows:
-        by_reason = {
-            r["values"]: r["counts"] for r in pc.value_counts(rejects.column("reason")).to_pylist()
-        }
     return labels, {"source": uri, "labels": labels.num_rows, "rejected": by_reason}
 
 
@@ -194,7 +188,7 @@ def _train(
         pad_id(prompts.builder.tok),
         storage_path=storage_path,
         name=name,
-        out_uri=adapter_uri(ctx, phase),
+        out_uri=aligned_adapter(ctx, phase),
         init_adapter=init,
         seed=ctx.cfg.run.seed,
     )
@@ -206,7 +200,7 @@ def _train(
         "peak_rss_mb": max((h.get("peak_rss_mb", 0) for h in history), default=None),
         "first": history[0] if history else {},
         "final": final,
-        "adapter": adapter_uri(ctx, phase),
+        "adapter": aligned_adapter(ctx, phase),
     }
 
 
@@ -216,7 +210,7 @@ def run(ctx: RunContext) -> StageResult:
     from sgrec_ray.judge.aggregate import fit_weights
     from sgrec_ray.judge.engines import load_tokenizer, preflight
 
-    cfg, judge_cfg = ctx.cfg.align, dataclasses.replace(ctx.cfg.judge, adapter=None)
+    cfg, judge_cfg = ctx.cfg.align, base_judge(ctx.cfg)
     aspects = list(judge_cfg.aspects)
     ref = preflight(judge_cfg)
     items = storage.read_table(ctx.path("data", schema.ITEMS_FILE)).sort_by("item_idx")
@@ -248,13 +242,22 @@ def run(ctx: RunContext) -> StageResult:
     events = UserEvents(interactions)
     sft = _train(ctx, "sft", encode_examples(train, prompts, events), prompts, ref, None)
     grpo_info = _train(
-        ctx, "grpo", encode_examples(grpo, prompts, events), prompts, ref, adapter_uri(ctx, "sft")
+        ctx,
+        "grpo",
+        encode_examples(grpo, prompts, events),
+        prompts,
+        ref,
+        aligned_adapter(ctx, "sft"),
     )
 
     window = judge_cfg.long_history + judge_cfg.recent_history
     held_requests = label_requests(held, events, window)
     pairset, pair_requests = pair_sample(ctx, cfg.pair_users)
-    variants = {"base": None, "sft": adapter_uri(ctx, "sft"), "grpo": adapter_uri(ctx, "grpo")}
+    variants = {
+        "base": None,
+        "sft": aligned_adapter(ctx, "sft"),
+        "grpo": aligned_adapter(ctx, "grpo"),
+    }
     task = ray.remote(evaluate.score_variants).options(
         num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0
     )
@@ -307,8 +310,8 @@ def run(ctx: RunContext) -> StageResult:
     }
     return StageResult(
         outputs={
-            "adapter": adapter_uri(ctx, "grpo"),
-            "sft_adapter": adapter_uri(ctx, "sft"),
+            "adapter": aligned_adapter(ctx, "grpo"),
+            "sft_adapter": aligned_adapter(ctx, "sft"),
             "labels": ctx.path(STAGE, LABELS_FILE),
         },
         metrics=metrics,
