@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         from sgrec_ray.pipeline import STAGES
 
         for s in STAGES.values():
-            print(f"{s.name:6s} needs {','.join(s.needs) or '-':14s} config {','.join(s.sections)}")
+            print(f"{s.name:9s} needs {','.join(s.needs) or '-':16s} config {','.join(s.sections)}")
         return 0
     return 1
 
