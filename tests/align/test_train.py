@@ -144,10 +144,21 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient(tiny_model):
 
 
 @pytest.mark.integration
-def test_grpo_from_an_sft_adapter_resumes_after_a_killed_worker(tiny_model, tmp_path, ray_session):
+def test_grpo_on_two_ddp_workers_from_an_sft_adapter_resumes_after_a_killed_worker(
+    tiny_model, tmp_path, ray_session
+):
     from sgrec_ray.align.train import train_adapter
 
-    cfg = dataclasses.replace(CFG, batch_size=1, grpo_epochs=2, max_failures=1, group_size=4)
+    # Two DDP workers (each takes half of a step's prompts) and one killed mid-run.
+    cfg = dataclasses.replace(
+        CFG,
+        batch_size=2,
+        grpo_epochs=4,
+        max_failures=1,
+        group_size=4,
+        num_workers=2,
+        cpus_per_worker=0.5,
+    )
     sft_dir = tmp_path / "adapter" / "sft"
     _policy(tiny_model, cfg)[0].save_pretrained(sft_dir)  # stands in for the SFT phase's output
     history = train_adapter(
@@ -163,7 +174,7 @@ def test_grpo_from_an_sft_adapter_resumes_after_a_killed_worker(tiny_model, tmp_
         init_adapter=str(sft_dir),
         fail_at_step=2,
     )
-    # 2 prompts x 2 epochs, one per step; the worker died after step 2 and resumed from step 1
+    # 2 prompts x 4 epochs, one step each; the group died after step 2 and resumed from step 1
     assert [h["step"] for h in history] == [1, 2, 3, 4]
     assert {"reward", "exact", "kl"} <= set(history[-1])
     # the reference is the SFT adapter GRPO starts from: no KL before the first update
