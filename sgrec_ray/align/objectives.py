@@ -57,13 +57,6 @@ def answer_logp(logp: Tensor, answers: Tensor) -> Tensor:
     return logp.gather(1, index).sum(0)
 
 
-def expected_levels(logp: np.ndarray) -> np.ndarray:
-    """E[level] per slot, [..., S] → [...]: the score the judge reports."""
-    p = np.exp(np.asarray(logp, np.float64))
-    p = p / p.sum(-1, keepdims=True)
-    return (p * np.arange(1, p.shape[-1] + 1)).sum(-1)
-
-
 def point_metrics(
     predicted: np.ndarray, targets: np.ndarray, aspects: Sequence[str], scale: int
 ) -> dict[str, object]:

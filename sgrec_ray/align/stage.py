@@ -126,7 +126,7 @@ def _split(labels: pa.Table, name: str) -> pa.Table:
 
 def pair_sample(ctx: RunContext, n_users: int | None) -> tuple[Any, list[JudgeRequest]]:
     """Stage B pairs of a seeded user sample (half with held-out pairs) and their judge requests."""
-    from sgrec_ray.judge.pairs import PairSet, build_pairs, pairs_to_judge
+    from sgrec_ray.judge.pairs import build_pairs, pairs_to_judge
 
     pairset = build_pairs(ctx)
     table = pairset.table
@@ -142,10 +142,8 @@ def pair_sample(ctx: RunContext, n_users: int | None) -> tuple[Any, list[JudgeRe
         b = rng.choice(rest, size=min(len(rest), n_users - len(a)), replace=False)
         chosen = sorted({*a.tolist(), *b.tolist()})
     table = table.filter(pc.is_in(table.column("user_id"), value_set=pa.array(chosen, pa.string())))
-    pairset = PairSet(
-        table=table, cutoff=pairset.cutoff, rejects=pairset.rejects, source=pairset.source
-    )
-    rows = pairs_to_judge(ctx, users=chosen)
+    rows = pairs_to_judge(ctx, users=chosen, pairset=pairset)  # contexts from all pairs
+    pairset = dataclasses.replace(pairset, table=table)
     requests = [
         JudgeRequest(r["user_id"], r["history"], int(r["item_idx"])) for r in rows.to_pylist()
     ]

@@ -288,14 +288,17 @@ def pair_contexts(ctx: RunContext, pairset: PairSet | None = None) -> dict[str, 
     }
 
 
-def pairs_to_judge(ctx: RunContext, users: Iterable[str] | None = None) -> pa.Table:
+def pairs_to_judge(
+    ctx: RunContext, users: Iterable[str] | None = None, pairset: PairSet | None = None
+) -> pa.Table:
     """Rows the judge stage must score so that pairs can train Stage B.
 
     Returns (user_id, item_idx, history): every item of every pair of ``users`` (None = all pair
     users), distinct, sorted, with the context to judge it in (:func:`pair_contexts`). The judge
-    stage should add them as candidates with origin ``"pair"``.
+    stage should add them as candidates with origin ``"pair"``. ``pairset``: the run's pairs when
+    the caller has built them already.
     """
-    pairset = build_pairs(ctx)
+    pairset = pairset or build_pairs(ctx)
     table = pairset.table
     if users is not None:
         wanted = pa.array(sorted(set(users)), pa.string())

@@ -13,30 +13,42 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.fixture(scope="session")
-def tiny_judge(tmp_path_factory) -> str:
+def save_tiny_llama(path, vocab_size: int, max_positions: int, **config) -> None:
+    """A randomly initialised 2-layer Llama saved at ``path``: a real transformers model that
+    trains in milliseconds. Embeddings are drawn large (``initializer_range`` 0.3) so the frozen,
+    tied LM head can express a confident answer once LoRA moves the hidden states."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from sgrec_ray.config import JudgeSection
-    from sgrec_ray.judge.engines import load_tokenizer, resolve_model
-
-    tokenizer = load_tokenizer(resolve_model(JudgeSection()))
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    llama = LlamaConfig(
+        vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=1024,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=True,
-        initializer_range=0.3,  # embeddings big enough for the frozen tied head to be confident
+        initializer_range=0.3,
+        **config,
+    )
+    LlamaForCausalLM(llama).save_pretrained(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_judge(tmp_path_factory) -> str:
+    from sgrec_ray.config import JudgeSection
+    from sgrec_ray.judge.engines import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(JudgeSection()))
+    path = tmp_path_factory.mktemp("tiny_judge")
+    save_tiny_llama(
+        path,
+        len(tokenizer),
+        1024,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    path = tmp_path_factory.mktemp("tiny_judge")
-    LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from sgrec_ray.align.objectives import (
     alignment_reward,
     answer_logp,
-    expected_levels,
     point_metrics,
     sample_answers,
     target_levels,
@@ -58,9 +57,7 @@ def test_sampling_follows_the_slot_distribution_and_logp_sums_aspects():
     assert torch.allclose(lp, torch.full((3,), float(np.log(0.5))), atol=1e-5)
 
 
-def test_expected_levels_and_point_metrics():
-    logp = np.log(np.array([[1e-9, 1e-9, 1.0, 1e-9, 1e-9]]))
-    assert expected_levels(logp)[0] == pytest.approx(3.0, abs=1e-6)
+def test_point_metrics():
     predicted = np.array([[3.2, 1.6], [4.6, 2.4]])
     targets = np.array([[3.0, 2.0], [4.0, 2.0]])
     m = point_metrics(predicted, targets, ["profile", "future"], SCALE)

@@ -13,6 +13,7 @@ from sgrec_ray.align.examples import Example
 from sgrec_ray.align.train import SlotHidden, grpo_step, load_policy, sft_step, slot_logp
 from sgrec_ray.config import AlignSection
 from sgrec_ray.judge.engines import ModelRef, merge_adapter
+from tests.align.conftest import save_tiny_llama
 
 SCORE_IDS = [11, 12, 13, 14, 15]  # the "digits" 1..5 of this toy vocabulary
 PAD = 0
@@ -20,22 +21,8 @@ PAD = 0
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-        initializer_range=0.3,  # embeddings big enough for the frozen tied head to be confident
-    )
     path = tmp_path_factory.mktemp("tiny_llama")
-    LlamaForCausalLM(config).save_pretrained(path)
+    save_tiny_llama(path, vocab_size=64, max_positions=64)
     return ModelRef(str(path), None)
 
 
