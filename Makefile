@@ -33,7 +33,7 @@ demo: install
 # Not in `make demo` (it would pass 15 minutes on 2 cores): the Personalized Semantic Judge on the
 # demo run (~10 min: 60 users, ~960 judged pairs), and the A2PO comparison (~35 min).
 demo-psj: install
-	$(BIN)/sgrec run configs/ml100k.yaml --stages data,sid,sft,eval,judge,aggregate
+	$(BIN)/sgrec run configs/ml100k.yaml --stages data,sasrec,sid,sft,eval,judge,aggregate
 
 # Aligning the judge on weak labels from ratings, base vs +SFT vs +SFT+GRPO (~27 min on 2 cores).
 demo-align: install

@@ -35,7 +35,7 @@ def _add_run_args(p: argparse.ArgumentParser, stages_default: str | None) -> Non
     p.add_argument(
         "--stages",
         default=stages_default,
-        help="comma-separated stages to run (default: data,sid,sft,eval)",
+        help="comma-separated stages to run (default: data,sasrec,sid,sft,eval)",
     )
     p.add_argument("--force", action="store_true", help="rerun stages even if up to date")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -64,7 +64,7 @@ def _run(config: str, overrides: list[str], stages: str | None, force: bool) -> 
 def job_main(default_stages: str | None, argv: list[str] | None = None) -> int:
     """Entry point of ``jobs/*.py``: ``--config`` plus the same flags as ``sgrec run``."""
     p = argparse.ArgumentParser(
-        description=f"sgrec-ray job (stages: {default_stages or 'data,sid,sft,eval'})"
+        description=f"sgrec-ray job (stages: {default_stages or 'data,sasrec,sid,sft,eval'})"
     )
     p.add_argument("--config", required=True, help="experiment YAML, e.g. configs/ml100k.yaml")
     _add_run_args(p, default_stages)

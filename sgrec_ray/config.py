@@ -90,6 +90,33 @@ class SidSection:
     seed: int = 0
     # minionerec data ships its own codes (RQ-VAE); "precomputed" uses them instead of rebuilding.
     method: Literal["rq_kmeans", "precomputed"] = "rq_kmeans"
+    # What rq_kmeans quantises. text: the item-text embeddings (cold-start catalogues: every item
+    # has text, none needs interactions); cf: the sasrec stage's item vectors, learned from the
+    # train interactions, so items watched together share prefixes; hybrid: both, L2-normalised
+    # and concatenated with weights sqrt(1 - cf_weight) and sqrt(cf_weight).
+    source: Literal["text", "cf", "hybrid"] = "text"
+    cf_weight: float = 0.5  # hybrid only: share of the squared distance that comes from cf
+
+
+@dataclass
+class SasRecSection:
+    """The ID-based SASRec peer: report row, collaborative item vectors, dense business reward."""
+
+    d_model: int = 64
+    n_layer: int = 2
+    n_head: int = 2
+    dropout: float = 0.2
+    epochs: int = 200  # an upper bound: training stops after `patience` epochs without a gain
+    patience: int = 10  # epochs without a better validation NDCG@10 before stopping
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    # Validation users scored after every epoch (the first N, deterministic). None = all.
+    valid_users: int | None = None
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_failures: int = 2
 
 
 @dataclass
@@ -119,6 +146,18 @@ class SftSection:
     checkpoint_every: int = 1
     # Stop after N optimizer steps in total; for tests, smoke runs and benchmarks. None = all epochs.
     max_steps: int | None = None
+    # Item-level loss: full-catalogue cross-entropy of the item scores (generator.item_scores)
+    # beside the SID-token loss; 0 = token loss only (the plain TIGER/MiniOneRec objective).
+    item_loss_weight: float = 1.0
+    # Early stopping on the validation split: every eval_every epochs, NDCG@10 of the valid users
+    # (the first valid_users; None = all) by beam search of valid_beam_width, for each re-ranking
+    # weight; the best (epoch, weight) is kept and exported. Training stops after `patience`
+    # validations without a gain. eval_every 0 = no validation (the last epoch is exported).
+    eval_every: int = 1
+    patience: int = 3
+    valid_users: int | None = None
+    valid_beam_width: int = 20
+    rerank_weights: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
 
 
 @dataclass
@@ -359,6 +398,7 @@ class Config:
     ray: RaySection = field(default_factory=RaySection)
     data: DataSection = field(default_factory=DataSection)
     sid: SidSection = field(default_factory=SidSection)
+    sasrec: SasRecSection = field(default_factory=SasRecSection)
     generator: GeneratorSection = field(default_factory=GeneratorSection)
     sft: SftSection = field(default_factory=SftSection)
     eval: EvalSection = field(default_factory=EvalSection)

@@ -51,9 +51,10 @@ STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
         Stage("data", ("data",), (), "sgrec_ray.data.stage:run", uses_ray=False),
+        Stage("sasrec", ("sasrec",), ("data",), "sgrec_ray.sasrec.stage:run"),
         Stage("sid", ("sid",), ("data",), "sgrec_ray.sid.stage:run"),
         Stage("sft", ("generator", "sft"), ("data", "sid"), "sgrec_ray.generator.sft:run"),
-        Stage("eval", ("eval",), ("data", "sid", "sft"), "sgrec_ray.eval.stage:run"),
+        Stage("eval", ("eval",), ("data", "sid", "sft", "sasrec"), "sgrec_ray.eval.stage:run"),
         Stage(
             "judge",
             ("judge",),
@@ -86,7 +87,7 @@ STAGES: dict[str, Stage] = {
         ),
     ]
 }
-DEFAULT_STAGES = ["data", "sid", "sft", "eval"]
+DEFAULT_STAGES = ["data", "sasrec", "sid", "sft", "eval"]
 
 
 def parse_stages(spec: str | list[str] | None) -> list[str]:
@@ -101,9 +102,12 @@ def parse_stages(spec: str | list[str] | None) -> list[str]:
 
 
 def stage_needs(name: str, cfg: Config) -> tuple[str, ...]:
-    """A stage's upstream stages; with ``judge.adapter: align`` the judge's users also need align,
+    """A stage's upstream stages, where the config adds some: ``sid.source: cf | hybrid`` reads the
+    sasrec stage's item vectors; with ``judge.adapter: align`` the judge's users also need align,
     so re-aligning the judge reruns them."""
     needs = STAGES[name].needs
+    if name == "sid" and cfg.sid.method == "rq_kmeans" and cfg.sid.source != "text":
+        needs = (*needs, "sasrec")
     if name in ("judge", "a2po") and uses_aligned(cfg):
         needs = (*needs, "align")
     return needs

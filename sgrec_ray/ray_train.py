@@ -35,10 +35,13 @@ def make_trainer(
     storage_path: str,
     datasets: dict[str, Any] | None = None,
     num_to_keep: int | None = None,
+    keep_best: str | None = None,
 ) -> TorchTrainer:
     """A ``TorchTrainer`` whose run lives at ``storage_path/name`` (so a rerun with that name resumes).
 
     ``workers`` is the trainer's config section; ``use_gpu`` is read when the section has it.
+    ``keep_best``: a reported metric (higher is better) that decides which ``num_to_keep``
+    checkpoints survive; Ray always keeps the latest one too, which is what a resume reads.
     """
     return TorchTrainer(
         loop,
@@ -52,7 +55,11 @@ def make_trainer(
             name=name,
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=workers.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=num_to_keep,
+                checkpoint_score_attribute=keep_best,
+                checkpoint_score_order="max",
+            ),
         ),
         datasets=datasets,
     )

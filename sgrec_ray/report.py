@@ -35,7 +35,7 @@ SECTIONS: dict[str, str] = {
 def build_report(ctx: RunContext) -> dict[str, Any]:
     """Gather what finished stages measured into the documented report.json layout."""
     report: dict[str, Any] = {"run": ctx.cfg.run.name, "config": ctx.cfg.to_dict(), "stages": {}}
-    for stage in ("data", "sid", "sft", "eval"):
+    for stage in ("data", "sasrec", "sid", "sft", "eval"):
         manifest = ctx.manifest(stage)
         if manifest is None:
             continue
@@ -47,11 +47,16 @@ def build_report(ctx: RunContext) -> dict[str, Any]:
             report["dataset"] = metrics
         elif stage == "sid":
             report["sid"] = metrics
+        elif stage == "sasrec":
+            report["sasrec"] = metrics
         elif stage == "sft":
             report["sft"] = metrics
         elif stage == "eval":
             report["methods"] = metrics.get("methods", {})
-            report["eval"] = {k: v for k, v in metrics.items() if k != "methods"}
+            report["eval"] = {
+                k: v for k, v in metrics.items() if k not in ("methods", "standard_errors")
+            }
+            report["standard_errors"] = metrics.get("standard_errors", {})
     from sgrec_ray.rl.report_section import add_rl_sections  # ranker, a2po, experiment
 
     add_rl_sections(ctx, report)
@@ -110,9 +115,19 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
             "```",
             "",
         ]
-    sft = report.get("sft")
-    if sft:
-        out += ["## SFT", "", "```", json.dumps(sft, indent=2), "```", ""]
+        se = report.get("standard_errors", {})
+        if se:
+            out += [
+                "Standard error of each mean over users (std / sqrt(users)):",
+                "",
+                "```",
+                format_table(se),
+                "```",
+                "",
+            ]
+    for key, title in (("sasrec", "SASRec (peer)"), ("sft", "SFT")):
+        if report.get(key):
+            out += [f"## {title}", "", "```", json.dumps(report[key], indent=2), "```", ""]
     from sgrec_ray.rl.report_section import rl_markdown
 
     out += rl_markdown(report)

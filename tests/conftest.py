@@ -71,7 +71,7 @@ def tiny_cfg(tmp_path):
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, ray_session):
-    """The tiny pipeline run once (data, sid, sft, eval) and shared by tests that only read its outputs."""
+    """The tiny pipeline run once (data, sasrec, sid, sft, eval) and shared by tests that only read its outputs."""
     from sgrec_ray import pipeline
     from sgrec_ray.config import load_config
     from sgrec_ray.runs import RunContext

@@ -41,7 +41,7 @@ def test_exclude_seen_predictions_never_contain_seen_items(tiny_run: RunContext)
 
 
 def test_finished_stages_are_skipped(tiny_run: RunContext):
-    before = {s: tiny_run.manifest(s) for s in ("data", "sid", "sft", "eval")}
+    before = {s: tiny_run.manifest(s) for s in ("data", "sasrec", "sid", "sft", "eval")}
     pipeline.run(tiny_run.cfg)
     assert {s: tiny_run.manifest(s) for s in before} == before
 

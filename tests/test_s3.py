@@ -29,7 +29,7 @@ def test_pipeline_runs_end_to_end_on_s3(ray_session, tmp_path, monkeypatch):
     report = pipeline.run(cfg)
     run_uri = f"s3://{S3_BUCKET}/runs/tiny-s3"
     assert RunContext(cfg).run_uri == run_uri
-    for stage in ("data", "sid", "sft", "eval"):
+    for stage in ("data", "sasrec", "sid", "sft", "eval"):
         assert storage.exists(f"{run_uri}/{stage}/manifest.json"), stage
     assert storage.read_json(f"{run_uri}/report.json")["methods"]["sft"]["users"] == 30
     assert "sft" in report["methods"] and "pop" in report["methods"]

@@ -75,3 +75,25 @@ def ranking_metrics(
     out[f"coverage@{kmax}"] = float(np.unique(flat[valid]).size / n_items) if n_items else 0.0
     out["users"] = float(len(targets))
     return out
+
+
+def standard_errors(
+    ranked: Sequence[Sequence[int]], targets: Sequence[int], ks: Sequence[int]
+) -> dict[str, float]:
+    """Standard error of the mean of HR@k and NDCG@k over users (std / sqrt(n), ddof 1).
+
+    Every quality figure in a report is a mean over users; this is its sampling noise, so two
+    methods on the same users can be told apart (or not) at a glance.
+    """
+    ranks = target_ranks(ranked, targets)
+    n = ranks.size
+    out: dict[str, float] = {}
+    if n < 2:
+        return out
+    for k in sorted(set(ks)):
+        inside = (ranks >= 0) & (ranks < k)
+        gains = np.where(inside, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
+        out[f"hr@{k}"] = float(inside.astype(np.float64).std(ddof=1) / np.sqrt(n))
+        if k > 1:
+            out[f"ndcg@{k}"] = float(gains.std(ddof=1) / np.sqrt(n))
+    return out

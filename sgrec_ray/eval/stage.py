@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from sgrec_ray import storage
 from sgrec_ray.data import schema
-from sgrec_ray.eval.metrics import ranking_metrics
+from sgrec_ray.eval.metrics import ranking_metrics, standard_errors
 from sgrec_ray.eval.popularity import item_counts, popularity_ranking, recommend_popular
 from sgrec_ray.runs import RunContext, StageResult
 
@@ -25,19 +25,39 @@ SUFFIX = {"plain": "", "exclude_seen": "_exclude_seen"}
 
 
 class _TopK:
-    """Ray Data actor: loads the generator once, then answers batches of eval samples."""
+    """Ray Data actor: loads a model once (the generator, or the SASRec peer), then answers
+    batches of eval samples."""
 
-    def __init__(self, model_uri: str, k: int, beam_width: int, exclude_seen: bool, device: str):
-        from sgrec_ray.generator.decode import Recommender
+    def __init__(
+        self,
+        model_uri: str,
+        k: int,
+        beam_width: int,
+        exclude_seen: bool,
+        device: str,
+        kind: str = "generator",
+        rerank_weight: float | None = None,
+    ):
+        if kind == "sasrec":
+            from sgrec_ray.sasrec.recommend import SasRecRecommender
 
-        self.rec = Recommender.load(model_uri, device=device)
+            self.rec: Any = SasRecRecommender.load(model_uri)
+        else:
+            from sgrec_ray.generator.decode import Recommender
+
+            self.rec = Recommender.load(model_uri, device=device)
         self.k, self.beam_width, self.exclude_seen = k, beam_width, exclude_seen
+        self.rerank_weight = rerank_weight
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         histories = [list(map(int, h)) for h in batch["history"]]
         exclude = [set(map(int, s)) for s in batch["seen"]] if self.exclude_seen else None
         results = self.rec.recommend(
-            histories, k=self.k, beam_width=self.beam_width, exclude=exclude
+            histories,
+            k=self.k,
+            beam_width=self.beam_width,
+            exclude=exclude,
+            rerank_weight=self.rerank_weight,
         )
         return {
             "user_id": batch["user_id"],
@@ -48,9 +68,19 @@ class _TopK:
 
 
 def generate_topk(
-    ctx: RunContext, samples: pa.Table, model_uri: str, k: int, exclude_seen: bool
+    ctx: RunContext,
+    samples: pa.Table,
+    model_uri: str,
+    k: int,
+    exclude_seen: bool,
+    kind: str = "generator",
+    rerank_weight: float | None = None,
 ) -> pa.Table:
-    """Top-k items per sample from the generator at ``model_uri``, in the order of ``samples``."""
+    """Top-k items per sample from the model at ``model_uri``, in the order of ``samples``.
+
+    kind: "generator" (a generator checkpoint; ``rerank_weight`` None = the checkpoint's own) or
+    "sasrec" (the sasrec stage's model).
+    """
     import ray
 
     e = ctx.cfg.eval
@@ -63,6 +93,8 @@ def generate_topk(
             "beam_width": max(e.beam_width, k),
             "exclude_seen": exclude_seen,
             "device": "cuda" if e.gpus_per_actor > 0 else "cpu",
+            "kind": kind,
+            "rerank_weight": rerank_weight,
         },
         batch_size=e.batch_size,
         concurrency=e.concurrency,
@@ -93,8 +125,10 @@ def evaluate_model(
     samples: pa.Table,
     n_items: int,
     stage: str = "eval",
+    kind: str = "generator",
+    rerank_weight: float | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Metrics of the generator at ``model_uri`` for every configured setting: {name[_suffix]: metrics}.
+    """Metrics of the model at ``model_uri`` for every configured setting: {name[_suffix]: metrics}.
 
     Later stages (A2PO) call this with their own checkpoint, so all rows of a report are scored
     alike; their predictions go to their own ``stage`` folder (each stage owns its folder).
@@ -104,12 +138,34 @@ def evaluate_model(
     targets = samples.column("target").to_pylist()
     rows = {}
     for setting in e.settings:
-        preds = generate_topk(ctx, samples, model_uri, kmax, exclude_seen=setting == "exclude_seen")
-        storage.write_table(ctx.path(stage, f"predictions_{name}{SUFFIX[setting]}.parquet"), preds)
-        rows[f"{name}{SUFFIX[setting]}"] = ranking_metrics(
-            preds.column("items").to_pylist(), targets, e.ks, n_items
+        preds = generate_topk(
+            ctx,
+            samples,
+            model_uri,
+            kmax,
+            exclude_seen=setting == "exclude_seen",
+            kind=kind,
+            rerank_weight=rerank_weight,
         )
+        storage.write_table(ctx.path(stage, f"predictions_{name}{SUFFIX[setting]}.parquet"), preds)
+        ranked = preds.column("items").to_pylist()
+        rows[f"{name}{SUFFIX[setting]}"] = ranking_metrics(ranked, targets, e.ks, n_items)
     return rows
+
+
+def method_standard_errors(ctx: RunContext, stage: str, names: list[str]) -> dict[str, dict]:
+    """{method row: standard errors of HR@k / NDCG@k}, read back from the saved predictions."""
+    out = {}
+    for name in names:
+        uri = ctx.path(stage, f"predictions_{name}.parquet")
+        if storage.exists(uri):
+            preds = storage.read_table(uri, columns=["items", "target"])
+            out[name] = standard_errors(
+                preds.column("items").to_pylist(),
+                preds.column("target").to_pylist(),
+                ctx.cfg.eval.ks,
+            )
+    return out
 
 
 def run(ctx: RunContext) -> StageResult:
@@ -127,9 +183,16 @@ def run(ctx: RunContext) -> StageResult:
         exclude = seen if setting == "exclude_seen" else None
         ranked = recommend_popular(order, kmax, exclude, len(targets))
         methods[f"pop{SUFFIX[setting]}"] = ranking_metrics(ranked, targets, e.ks, n_items)
-    methods.update(
-        evaluate_model(ctx, "sft", ctx.require("sft")["outputs"]["model"], samples, n_items)
-    )
+    sft = ctx.require("sft")
+    methods.update(evaluate_model(ctx, "sft", sft["outputs"]["model"], samples, n_items))
+    if sft["metrics"].get("rerank_weight"):  # sft re-ranks: also show the beam on its own
+        methods.update(
+            evaluate_model(
+                ctx, "sft_beam", sft["outputs"]["model"], samples, n_items, rerank_weight=0.0
+            )
+        )
+    sasrec = ctx.require("sasrec")["outputs"]["model"]
+    methods.update(evaluate_model(ctx, "sasrec", sasrec, samples, n_items, kind="sasrec"))
 
     log.info(
         "eval on %s: %d users, %d items, rows %s", e.split, len(targets), n_items, list(methods)
@@ -142,6 +205,7 @@ def run(ctx: RunContext) -> StageResult:
             "n_items": n_items,
             "beam_width": e.beam_width,
             "methods": methods,
+            "standard_errors": method_standard_errors(ctx, "eval", list(methods)),
         },
     )
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from sgrec_ray.generator.encoding import history_tokens, left_pad
+from sgrec_ray.generator.item_scores import blend, incidence, item_logits
 from sgrec_ray.generator.model import Generator, load_generator, unwrap
 from sgrec_ray.sid.trie import SidTrie, SidVocab
 
@@ -42,8 +43,14 @@ def _search_batch(
     k: int,
     dead: list[np.ndarray] | None,
     device: str,
+    items: torch.Tensor | None = None,
+    rerank_weight: float = 0.0,
 ) -> list[list[tuple[int, float]]]:
-    """Beam search for one batch of B users; returns per user up to k (item_idx, log-prob).
+    """Beam search for one batch of B users; returns per user up to k (item_idx, score).
+
+    With ``rerank_weight`` > 0, the leaves are ranked by :func:`item_scores.blend` of their SID
+    log-prob and the item-level log-prob read from the history's last position (the same forward
+    pass); ``items`` is the catalogue's token incidence matrix (``item_scores.incidence``).
 
     The history runs once (B rows, left-padded). Then each level feeds the W beams' newest tokens
     as W extra columns of the *same* user row, with a 4-D attention mask letting beam j see the
@@ -59,6 +66,10 @@ def _search_batch(
     )
     cache = _cache_of(out)
     logp = torch.log_softmax(out.logits[:, -1:].float(), dim=-1)  # [B, beams=1, V_model]
+    item_logp = None
+    if rerank_weight > 0 and items is not None:  # [B, n_items]
+        scores = item_logits(out.logits[:, -1].float(), items, token_map)
+        item_logp = torch.log_softmax(scores, -1)
     dead_t = [torch.from_numpy(x).to(device) for x in dead] if dead is not None else None
     child = [torch.from_numpy(c).to(device) for c in trie.child]
     rows = torch.arange(b, device=device)
@@ -79,6 +90,9 @@ def _search_batch(
             ok &= ~dead_t[d + 1][rows[:, None, None], nxt.clamp(min=0)]
         total = torch.where(ok, score.unsqueeze(-1) + step_logp, float("-inf")).view(b, -1)
         if d == trie.depth - 1:  # leaves: rank every child of every beam
+            if item_logp is not None:
+                leaves = nxt.view(b, -1).clamp(min=0)
+                total = blend(total, item_logp.gather(1, leaves), rerank_weight)
             top, idx = total.topk(min(k, total.shape[1]), dim=-1)
             items = nxt.view(b, -1).gather(1, idx)
             return [
@@ -141,6 +155,7 @@ def constrained_beam_search(
     device: str = "cpu",
     token_map: np.ndarray | None = None,
     trie: SidTrie | None = None,
+    rerank_weight: float = 0.0,
 ) -> list[list[tuple[int, float]]]:
     """Top-k distinct, valid items per user by trie-constrained beam search.
 
@@ -154,9 +169,12 @@ def constrained_beam_search(
         batch_size: users per forward pass (B users x beam_width beams after the first level).
         token_map: our id -> model id (None = identity, a from-scratch model).
         trie: the :class:`SidTrie` of ``item_tokens`` (built from the tokens if None).
+        rerank_weight: 0 ranks the beam's leaves by log p(item | history); w > 0 by
+            ``(1 - w) log p(SID) + w log p_item`` (see ``generator.item_scores``).
 
     Returns:
-        per user, a list of (item_idx, log p(item | history)) sorted by score, highest first.
+        per user, a list of (item_idx, score) sorted by score, highest first; the score is
+        log p(item | history) when ``rerank_weight`` is 0.
     """
     if beam_width < 1 or k < 1:
         raise ValueError(f"beam_width and k must be >= 1, got {beam_width}, {k}")
@@ -166,6 +184,9 @@ def constrained_beam_search(
     vocab = int(np.asarray(item_tokens).max()) + 1
     tmap = torch.as_tensor(token_map if token_map is not None else np.arange(vocab), device=device)
     seqs = [history_tokens(h, np.asarray(item_tokens)) for h in histories]
+    items = None
+    if rerank_weight > 0:
+        items = incidence(torch.as_tensor(np.asarray(item_tokens), device=device), len(tmap))
     # Batch users of similar length together: less left padding, same results.
     order = np.argsort([len(s) for s in seqs], kind="stable")
     results: list[list[tuple[int, float]]] = [[] for _ in seqs]
@@ -173,7 +194,16 @@ def constrained_beam_search(
         chunk = order[start : start + batch_size]
         dead = trie.dead_prefixes([exclude[i] for i in chunk]) if exclude is not None else None
         found = _search_batch(
-            model, [seqs[i] for i in chunk], trie, tmap, beam_width, k, dead, device
+            model,
+            [seqs[i] for i in chunk],
+            trie,
+            tmap,
+            beam_width,
+            k,
+            dead,
+            device,
+            items,
+            rerank_weight,
         )
         for i, r in zip(chunk, found, strict=True):
             results[i] = r
@@ -246,8 +276,15 @@ class Recommender:
         k: int,
         exclude: Sequence[set[int]] | None = None,
         beam_width: int | None = None,
+        rerank_weight: float | None = None,
     ) -> list[list[tuple[int, float]]]:
-        """Per user, top-k (item_idx, log-prob) sorted by score; see constrained_beam_search."""
+        """Per user, top-k (item_idx, score) sorted by score; see constrained_beam_search.
+
+        ``rerank_weight`` None = the checkpoint's own (chosen on validation by SFT; 0 for
+        checkpoints that predate item-level re-ranking), 0 = beam likelihood alone.
+        """
+        if rerank_weight is None:
+            rerank_weight = self.generator.meta.rerank_weight
         width = max(beam_width or self.beam_width, k)  # beam_width >= k guarantees k results
         trimmed = [list(h)[-self.max_history :] if self.max_history > 0 else [] for h in histories]
         return constrained_beam_search(
@@ -261,4 +298,5 @@ class Recommender:
             device=self.device,
             token_map=self.generator.token_map,
             trie=self.trie,
+            rerank_weight=rerank_weight,
         )

@@ -44,6 +44,16 @@ def training_example(
     return ids, labels
 
 
+def item_labels(items: Sequence[int], loss_from: int, depth: int) -> np.ndarray:
+    """int64 [1 + len(items) * depth], aligned with :func:`training_example`'s ids: the item_idx of
+    supervised item j at position ``j * depth`` (the position whose output predicts item j's first
+    token, from BOS and items < j), ``IGNORE`` elsewhere. Targets of the item-level loss."""
+    out = np.full(1 + len(items) * depth, IGNORE, dtype=np.int64)
+    start = max(int(loss_from), 0)
+    out[np.arange(start, len(items)) * depth] = np.asarray(items, dtype=np.int64)[start:]
+    return out
+
+
 def split_windows(
     items: Sequence[int], loss_from: int, max_items: int, stride: int
 ) -> list[tuple[list[int], int]]:
@@ -73,30 +83,38 @@ def split_windows(
 
 
 def collate(
-    examples: Sequence[tuple[np.ndarray, np.ndarray]], token_map: np.ndarray | None = None
+    examples: Sequence[tuple[np.ndarray, ...]], token_map: np.ndarray | None = None
 ) -> dict[str, torch.Tensor]:
-    """Right-pad (input_ids, labels) pairs into a batch with an attention mask.
+    """Right-pad (input_ids, labels[, item_labels]) examples into a batch with an attention mask.
 
-    Returns ``input_ids``, ``labels``, ``attention_mask``: int64 [B, T_max]. Pads are PAD (mapped
-    through ``token_map``) with label ``IGNORE`` and mask 0.
+    Returns ``input_ids``, ``labels``, ``attention_mask`` (and ``item_labels`` when the examples
+    carry them): int64 [B, T_max]. Pads are PAD (mapped through ``token_map``) with label
+    ``IGNORE`` and mask 0.
     """
-    t_max = max(len(ids) for ids, _ in examples)
+    t_max = max(len(ex[0]) for ex in examples)
     ids = np.full((len(examples), t_max), PAD, dtype=np.int64)
     labels = np.full((len(examples), t_max), IGNORE, dtype=np.int64)
     mask = np.zeros((len(examples), t_max), dtype=np.int64)
-    for row, (x, y) in enumerate(examples):
+    with_items = len(examples[0]) > 2
+    items = np.full((len(examples), t_max), IGNORE, dtype=np.int64) if with_items else None
+    for row, (x, y, *rest) in enumerate(examples):
         ids[row, : len(x)] = x
         labels[row, : len(y)] = y
         mask[row, : len(x)] = 1
+        if items is not None:
+            items[row, : len(rest[0])] = rest[0]
     if token_map is not None:
         ids = token_map[ids]
         supervised = labels != IGNORE
         labels[supervised] = token_map[labels[supervised]]
-    return {
+    batch = {
         "input_ids": torch.from_numpy(ids),
         "labels": torch.from_numpy(labels),
         "attention_mask": torch.from_numpy(mask),
     }
+    if items is not None:
+        batch["item_labels"] = torch.from_numpy(items)
+    return batch
 
 
 def left_pad(

@@ -136,6 +136,11 @@ class GeneratorMeta:
     epoch: int = -1  # last finished epoch (0-based); -1 = untrained
     step: int = 0  # optimizer steps so far
     token_map: list[int] = field(default_factory=list)  # our id -> model id (identity if scratch)
+    # Weight of the item-level score when decoding re-ranks the beam (generator.item_scores),
+    # chosen on validation by SFT; 0 = beam likelihood alone (and what older checkpoints mean).
+    rerank_weight: float = 0.0
+    # Best validation NDCG@10 when SFT selected this checkpoint on validation (None otherwise).
+    valid_ndcg: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)

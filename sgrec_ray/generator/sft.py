@@ -39,8 +39,9 @@ from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
 
 from sgrec_ray import storage
 from sgrec_ray.config import Config
-from sgrec_ray.data.schema import TRAIN_FILE
-from sgrec_ray.generator.encoding import collate, split_windows, training_example
+from sgrec_ray.data.schema import TRAIN_FILE, VALID_FILE
+from sgrec_ray.generator.encoding import collate, item_labels, split_windows, training_example
+from sgrec_ray.generator.item_scores import incidence, item_loss
 from sgrec_ray.generator.model import (
     TRAIN_STATE_FILE,
     GeneratorMeta,
@@ -57,6 +58,7 @@ STAGE = "sft"
 MODEL_DIR = "model"
 TRAIN_LOG_FILE = "train_log.jsonl"
 FAIL_ENV = "SGREC_TEST_FAIL_AFTER_EPOCH"
+VALID_METRIC = "valid_ndcg@10"
 
 
 def run(ctx: RunContext) -> StageResult:
@@ -66,6 +68,9 @@ def run(ctx: RunContext) -> StageResult:
     _, vocab, trie = load_sid_artifacts(ctx)
     upstream = {dep: ctx.require(dep)["fingerprint"] for dep in ("data", "sid")}
     fp = fingerprint(ctx.cfg, ("generator", "sft", "run_seed"), upstream)
+    valid = None
+    if ctx.cfg.sft.eval_every > 0:
+        valid = storage.read_table(ctx.path("data", VALID_FILE), columns=["history", "target"])
     return train_generator(
         ctx.cfg,
         train_uri=ctx.path("data", TRAIN_FILE),
@@ -75,6 +80,7 @@ def run(ctx: RunContext) -> StageResult:
         stage_uri=ctx.stage_uri(STAGE),
         run_name=f"sft-{fp}",
         fresh=ctx.force,
+        valid=valid,
     )
 
 
@@ -87,6 +93,7 @@ def train_generator(
     stage_uri: str,
     run_name: str = "sft",
     fresh: bool = False,
+    valid: pa.Table | None = None,
 ) -> StageResult:
     """Run SFT with explicit inputs (the stage's body; tests and benchmarks call it directly).
 
@@ -98,6 +105,8 @@ def train_generator(
         stage_uri: where ``model/``, ``train_log.jsonl`` and ``ray_train/`` go.
         run_name: the Ray Train run name; the same name resumes from its latest checkpoint.
         fresh: delete that run's earlier checkpoints first (``--force``).
+        valid: ``history``/``target`` samples for early stopping and the choice of the
+            re-ranking weight (``sft.eval_every`` > 0); None = no validation, last epoch kept.
     """
     started = time.time()
     sft = cfg.sft
@@ -120,6 +129,9 @@ def train_generator(
     if sft.max_steps is not None:
         total_steps = min(total_steps, sft.max_steps)
     fail_after = os.environ.get(FAIL_ENV)
+    validate = valid is not None and sft.eval_every > 0
+    if validate and sft.valid_users is not None:
+        valid = valid.slice(0, sft.valid_users)
     loop_config = {
         "item_tokens": np.asarray(item_tokens, dtype=np.int64),
         "level_sizes": list(level_sizes),
@@ -138,10 +150,18 @@ def train_generator(
         "grad_clip": sft.grad_clip,
         "checkpoint_every": max(sft.checkpoint_every, 1),
         "fail_after_epoch": int(fail_after) if fail_after else None,
+        "item_loss_weight": sft.item_loss_weight,
+        "eval_every": sft.eval_every if validate else 0,
+        "patience": sft.patience,
+        "valid_beam_width": sft.valid_beam_width,
+        "rerank_weights": list(sft.rerank_weights) or [0.0],
+        "valid_histories": _column(valid, "history") if validate else [],
+        "valid_targets": _column(valid, "target") if validate else [],
     }
     print(
         f"[sft] {n_rows} training windows, {sft.num_workers} worker(s), "
-        f"{steps_per_epoch} steps/epoch, {total_steps} steps, model {cfg.generator.pretrained or cfg.generator.size}",
+        f"{steps_per_epoch} steps/epoch, {total_steps} steps, model {cfg.generator.pretrained or cfg.generator.size}"
+        + (f", early stopping on {len(valid)} validation users" if validate else ""),
         flush=True,
     )
     trainer = make_trainer(
@@ -151,16 +171,23 @@ def train_generator(
         name=run_name,
         storage_path=storage_path,
         datasets={"train": ds},
+        num_to_keep=1 if validate else None,
+        keep_best=VALID_METRIC if validate else None,
     )
     result = fit(trainer, f"SFT run {run_name}")
     model_uri = storage.join(stage_uri, MODEL_DIR)
     log_uri = storage.join(stage_uri, TRAIN_LOG_FILE)
-    log = export_checkpoint(result.checkpoint, model_uri)
+    best = result.get_best_checkpoint(VALID_METRIC, "max") if validate else None
+    log = export_checkpoint(best or result.checkpoint, model_uri, log_from=result.checkpoint)
     storage.write_text(log_uri, "".join(json.dumps(r) + "\n" for r in log))
     return StageResult(
         outputs={"model": model_uri, "train_log": log_uri, "ray_train": storage_path},
         metrics=_summary(log, n_rows, time.time() - started),
     )
+
+
+def _column(table: pa.Table, name: str) -> list[Any]:
+    return table.column(name).to_pylist()
 
 
 def _window_batch(batch: pa.Table, max_items: int, stride: int) -> pa.Table:
@@ -185,8 +212,13 @@ def _summary(log: list[dict[str, Any]], n_rows: int, wall_s: float) -> dict[str,
     epochs = [r for r in log if "loss" in r]
     resumes = [r for r in log if r.get("event") == "resumed"]
     last = epochs[-1] if epochs else {}
+    validated = [r for r in epochs if VALID_METRIC in r]
+    best = max(validated, key=lambda r: r[VALID_METRIC]) if validated else {}
     return {
         "final_loss": last.get("loss"),
+        "best_epoch": best.get("epoch"),
+        VALID_METRIC: best.get(VALID_METRIC),
+        "rerank_weight": best.get("rerank_weight", 0.0),
         "epochs": len(epochs),
         "steps": last.get("step", 0),
         "train_windows": n_rows,
@@ -216,22 +248,31 @@ def _fresh_model(config: dict[str, Any]) -> tuple[torch.nn.Module, Any, np.ndarr
     return model, None, identity_map(vocab_size)
 
 
-def export_checkpoint(checkpoint: Checkpoint, model_uri: str) -> list[dict[str, Any]]:
+def export_checkpoint(
+    checkpoint: Checkpoint, model_uri: str, log_from: Checkpoint | None = None
+) -> list[dict[str, Any]]:
     """Copy a finished run's checkpoint, minus optimizer state and log, to ``model_uri``; return the log.
 
     The exported folder is a plain generator checkpoint (:func:`load_generator` reads it); SFT and
-    A2PO both finish this way.
+    A2PO both finish this way. ``log_from``: a later checkpoint whose log to return instead (the
+    best epoch's own log stops at that epoch).
     """
     with checkpoint_dir(checkpoint) as ckpt_dir, tempfile.TemporaryDirectory() as tmp:
         export = os.path.join(tmp, MODEL_DIR)
         shutil.copytree(ckpt_dir, export, ignore=shutil.ignore_patterns(TRAIN_STATE_FILE))
-        log_path = os.path.join(export, TRAIN_LOG_FILE)
-        with open(log_path) as f:
-            log = [json.loads(line) for line in f if line.strip()]
-        os.remove(log_path)
+        log = _read_log(os.path.join(export, TRAIN_LOG_FILE))
+        os.remove(os.path.join(export, TRAIN_LOG_FILE))
         storage.delete_dir(model_uri)
         storage.upload_dir(export, model_uri)
+    if log_from is not None and log_from.path != checkpoint.path:
+        with checkpoint_dir(log_from) as later:
+            log = _read_log(os.path.join(later, TRAIN_LOG_FILE))
     return log
+
+
+def _read_log(path: str) -> list[dict[str, Any]]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def restore_checkpoint(
@@ -246,8 +287,7 @@ def restore_checkpoint(
 
             tokenizer = AutoTokenizer.from_pretrained(d)
         state = torch.load(os.path.join(d, TRAIN_STATE_FILE), weights_only=False)
-        with open(os.path.join(d, TRAIN_LOG_FILE)) as f:
-            log = [json.loads(line) for line in f if line.strip()]
+        log = _read_log(os.path.join(d, TRAIN_LOG_FILE))
     return model, tokenizer, state, log
 
 
@@ -284,10 +324,12 @@ def _train_loop(config: dict[str, Any]) -> None:
         optimizer, config["warmup_steps"], config["total_steps"]
     )
     start_epoch, step = 0, 0
+    best, since_best = -math.inf, 0  # validation: best NDCG@10 so far, validations since then
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step = state["epoch"] + 1, state["step"]
+        best, since_best = state.get("best", best), state.get("since_best", 0)
         log.append(
             {"event": "resumed", "from_epoch": state["epoch"], "step": step, "world_size": world}
         )
@@ -300,6 +342,11 @@ def _train_loop(config: dict[str, Any]) -> None:
     fail_after = config["fail_after_epoch"] if state is None else None  # test hook, see module doc
 
     shard = ray.train.get_dataset_shard("train")
+    item_w = config["item_loss_weight"]
+    tmap_t = torch.as_tensor(token_map, device=device)
+    items = incidence(torch.as_tensor(item_tokens, device=device), len(tmap_t))
+    depth = item_tokens.shape[1]
+    eval_every = config["eval_every"]
     t_start = time.time()
     for epoch in range(start_epoch, config["epochs"]):
         if step >= max_steps:
@@ -313,11 +360,15 @@ def _train_loop(config: dict[str, Any]) -> None:
             local_shuffle_seed=config["seed"] * 1000 + epoch,
         ):
             examples = [
-                training_example(items, lf, item_tokens)
-                for items, lf in zip(batch["items"], batch["loss_from"], strict=True)
+                (*training_example(row, lf, item_tokens), item_labels(row, lf, depth))
+                for row, lf in zip(batch["items"], batch["loss_from"], strict=True)
             ]
             inputs = {k: v.to(device) for k, v in collate(examples, token_map).items()}
-            loss = model(**inputs).loss
+            labels = inputs.pop("item_labels")
+            out = model(**inputs)
+            loss = out.loss
+            if item_w > 0:
+                loss = loss + item_w * item_loss(out.logits, labels, items, tmap_t)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
@@ -343,15 +394,39 @@ def _train_loop(config: dict[str, Any]) -> None:
             "world_size": world,
             "peak_rss_mb": _peak_rss_mb(),
         }
-        log.append(record)
         last = epoch == config["epochs"] - 1 or step >= max_steps
+        validating = eval_every > 0 and ((epoch + 1) % eval_every == 0 or last)
+        if validating:
+            scores = _validate(model, config, token_map, rank, world, device)
+            weight = max(scores, key=lambda w: (scores[w], -w))  # ties: the lighter re-ranking
+            record.update(
+                {
+                    VALID_METRIC: round(scores[weight], 5),
+                    "rerank_weight": weight,
+                    "valid_by_weight": {str(w): round(v, 5) for w, v in scores.items()},
+                }
+            )
+            improved = scores[weight] > best
+            best, since_best = (scores[weight], 0) if improved else (best, since_best + 1)
+            last = last or since_best >= config["patience"]
+            record["best"] = improved
+        log.append(record)
         if rank == 0:
+            valid = (
+                f" valid NDCG@10 {record[VALID_METRIC]:.4f} (rerank {record['rerank_weight']})"
+                f"{' *' if record['best'] else ''}"
+                if validating
+                else ""
+            )
             print(
-                f"[sft] epoch {epoch + 1}/{config['epochs']} step {step} loss {record['loss']:.4f} "
-                f"{record['seq_per_s']:.0f} seq/s epoch {epoch_s:.1f}s elapsed {record['elapsed_s']:.0f}s",
+                f"[sft] epoch {epoch + 1}/{config['epochs']} step {step} loss {record['loss']:.4f}"
+                f"{valid} {record['seq_per_s']:.0f} seq/s epoch {epoch_s:.1f}s "
+                f"elapsed {record['elapsed_s']:.0f}s",
                 flush=True,
             )
-        if (epoch + 1) % config["checkpoint_every"] == 0 or last:
+        # With validation, checkpoints carry the metric (Ray keeps the best and the latest).
+        every = eval_every if eval_every > 0 else config["checkpoint_every"]
+        if (epoch + 1) % every == 0 or last:
             with tempfile.TemporaryDirectory() as tmp:
                 checkpoint = None
                 if rank == 0:  # one writer; the other ranks still call report (it is a barrier)
@@ -366,6 +441,9 @@ def _train_loop(config: dict[str, Any]) -> None:
                         step,
                         log,
                         config,
+                        extra_state={"best": best, "since_best": since_best},
+                        rerank_weight=record.get("rerank_weight", 0.0),
+                        valid_ndcg=record.get(VALID_METRIC),
                     )
                     checkpoint = Checkpoint.from_directory(tmp)
                 ray.train.report(record, checkpoint=checkpoint)
@@ -373,6 +451,41 @@ def _train_loop(config: dict[str, Any]) -> None:
             ray.train.report(record)
         if last:
             break
+
+
+def _validate(
+    model: torch.nn.Module,
+    config: dict[str, Any],
+    token_map: np.ndarray,
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> dict[float, float]:
+    """{re-ranking weight: validation NDCG@10}, computed on rank 0 and shared with every rank
+    (so all ranks take the same early-stopping decision)."""
+    from sgrec_ray.generator.validate import validation_ndcg
+    from sgrec_ray.sid.trie import SidTrie, SidVocab
+
+    weights = [float(w) for w in config["rerank_weights"]]
+    values = torch.zeros(len(weights), dtype=torch.float64, device=device)
+    if rank == 0:
+        item_tokens = config["item_tokens"]
+        trie = SidTrie.from_tokens(item_tokens, SidVocab.from_json(config["sid_vocab_json"]))
+        scores = validation_ndcg(
+            unwrap(model),
+            config["valid_histories"],
+            config["valid_targets"],
+            item_tokens,
+            trie,
+            token_map,
+            beam_width=config["valid_beam_width"],
+            weights=weights,
+            device=str(device),
+        )
+        values = torch.tensor([scores[w] for w in weights], dtype=torch.float64, device=device)
+    if world > 1 and torch.distributed.is_initialized():
+        torch.distributed.broadcast(values, src=0)
+    return dict(zip(weights, values.tolist(), strict=True))
 
 
 def _mean_across_ranks(total: float, count: int, device: torch.device, world: int) -> float:
@@ -395,6 +508,9 @@ def save_checkpoint(
     step: int,
     log: list[dict[str, Any]],
     config: dict[str, Any],
+    extra_state: dict[str, Any] | None = None,
+    rerank_weight: float = 0.0,
+    valid_ndcg: float | None = None,
 ) -> None:
     """Write a Ray Train checkpoint: the generator checkpoint layout + train state + log."""
     hf = unwrap(model)
@@ -409,6 +525,8 @@ def save_checkpoint(
         epoch=epoch,
         step=step,
         token_map=[int(t) for t in token_map],
+        rerank_weight=float(rerank_weight),
+        valid_ndcg=valid_ndcg,
     )
     save_generator(hf, out_dir, meta, config["item_tokens"], config["sid_vocab_json"], tokenizer)
     torch.save(
@@ -418,6 +536,7 @@ def save_checkpoint(
             "epoch": epoch,
             "step": step,
             "token_map": token_map,
+            **(extra_state or {}),
         },
         os.path.join(out_dir, TRAIN_STATE_FILE),
     )

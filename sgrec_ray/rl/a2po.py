@@ -113,10 +113,13 @@ def run(ctx: RunContext) -> StageResult:
     sft_uri = ctx.require("sft")["outputs"]["model"]
     check_reference(sft_uri, vocab, trie)
     upstream = {d: ctx.require(d)["fingerprint"] for d in ("data", "sid", "sft")}
-    ranker_uri = None
+    ranker_uri = sasrec_uri = None
     if cfg.rl.business_reward == "ranker":
         ranker_uri = ctx.require("ranker")["outputs"]["model"]
         upstream["ranker"] = ctx.require("ranker")["fingerprint"]
+    if cfg.rl.business_reward == "sasrec":
+        sasrec_uri = ctx.require("sasrec")["outputs"]["model"]
+        upstream["sasrec"] = ctx.require("sasrec")["fingerprint"]
     semantic = None
     if uses_judge(cfg.rl):
         upstream["aggregate"] = ctx.require("aggregate")["fingerprint"]
@@ -131,6 +134,7 @@ def run(ctx: RunContext) -> StageResult:
         sft_uri=sft_uri,
         stage_uri=ctx.stage_uri(STAGE),
         ranker_uri=ranker_uri,
+        sasrec_uri=sasrec_uri,
         item_value=_item_values(cfg, items),
         semantic=semantic,
         run_name=f"a2po-{fp}",
@@ -195,6 +199,7 @@ def train_policy(
     sft_uri: str,
     stage_uri: str,
     ranker_uri: str | None = None,
+    sasrec_uri: str | None = None,
     item_value: np.ndarray | None = None,
     semantic: Any | None = None,
     run_name: str = "a2po",
@@ -207,6 +212,7 @@ def train_policy(
         sft_uri: the SFT checkpoint: initial policy and frozen reference.
         stage_uri: where ``model/``, ``telemetry.jsonl`` and ``ray_train/`` go.
         ranker_uri: the ranker model (``rl.business_reward=ranker``).
+        sasrec_uri: the sasrec stage's model (``rl.business_reward=sasrec``).
         item_value: float64 [n_items] business value per item, None = 1.
         semantic: an object with ``score(user_ids, histories, items) -> list[float | None]`` and
             ``stats()`` (a ``RewardClient``); None = no judge (semantic advantage always absent).
@@ -218,6 +224,8 @@ def train_policy(
     get_advantage(rl.advantage), get_business_reward(rl.business_reward)  # fail before Ray
     if rl.business_reward == "ranker" and ranker_uri is None:
         raise ValueError("rl.business_reward=ranker needs the ranker stage's model (ranker_uri)")
+    if rl.business_reward == "sasrec" and sasrec_uri is None:
+        raise ValueError("rl.business_reward=sasrec needs the sasrec stage's model (sasrec_uri)")
     storage_path = storage.join(stage_uri, "ray_train")
     if fresh:
         storage.delete_dir(storage.join(storage_path, run_name))
@@ -227,6 +235,7 @@ def train_policy(
         "prompts": prompts,
         "sft_uri": sft_uri,
         "ranker_uri": ranker_uri,
+        "sasrec_uri": sasrec_uri,
         "item_value": item_value,
         "semantic": semantic if uses_judge(rl) else None,
         "seed": cfg.run.seed,
@@ -395,6 +404,11 @@ def _train_loop(config: dict[str, Any]) -> None:
         from sgrec_ray.rl.ranker import load_ranker
 
         ranker = load_ranker(config["ranker_uri"])
+    sasrec = None
+    if config["sasrec_uri"]:
+        from sgrec_ray.sasrec.recommend import SasRecRecommender
+
+        sasrec = SasRecRecommender.load(config["sasrec_uri"])
     semantic = config["semantic"]
     prompts: Prompts = config["prompts"]
     telemetry = Telemetry(config["telemetry_uri"] if rank == 0 else None, config["run_tag"])
@@ -428,7 +442,12 @@ def _train_loop(config: dict[str, Any]) -> None:
         batch.timings["rollout_s"] = time.perf_counter() - t0
         # 2. rewards
         t0 = time.perf_counter()
-        env = RewardEnv(histories=batch.histories, ranker=ranker, item_values=config["item_value"])
+        env = RewardEnv(
+            histories=batch.histories,
+            ranker=ranker,
+            item_values=config["item_value"],
+            sasrec=sasrec,
+        )
         r_biz = np.asarray(reward_fn(items, batch.targets.numpy(), env), dtype=np.float64)
         batch.timings["reward_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -489,7 +508,8 @@ def _train_loop(config: dict[str, Any]) -> None:
                 checkpoint = None
                 if rank == 0:  # one writer; every rank still reports (a barrier)
                     save_checkpoint(tmp, model, tokenizer, token_map, optimizer, scheduler,
-                          done, done, log, save_cfg)  # fmt: skip
+                          done, done, log, save_cfg,
+                          rerank_weight=sft.meta.rerank_weight)  # fmt: skip
                     checkpoint = Checkpoint.from_directory(tmp)
                 ray.train.report(record, checkpoint=checkpoint)
         else:

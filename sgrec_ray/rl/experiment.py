@@ -1,6 +1,6 @@
 """``sgrec experiment CONFIG``: SFT vs GRPO(biz) vs Reward-Sum vs Adv-Sum vs A2PO, over seeds.
 
-Recipe: run (or reuse) the shared stages of the base run once — data, sid, sft, eval, ranker,
+Recipe: run (or reuse) the shared stages of the base run once — data, sasrec, sid, sft, eval, ranker,
 judge, aggregate — then train each RL arm x seed with :func:`sgrec_ray.rl.a2po.train_policy` into
 ``<run>/experiment/<arm>-seed<k>/`` (its own Ray Train run name; a finished arm is skipped on rerun
 because it wrote ``result.json``), score every model the same way, and write
@@ -60,7 +60,7 @@ def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = Fa
         for a in ARMS
         for r in [cfg.rl.semantic_rate, *cfg.rl.study_rates]
     )
-    shared = ["data", "sid", "sft", "eval"]
+    shared = ["data", "sasrec", "sid", "sft", "eval"]
     shared += ["ranker"] if cfg.rl.business_reward == "ranker" else []
     shared += ["judge", "aggregate"] if semantic is None and judge_needed else []
     for name in shared:
@@ -159,6 +159,9 @@ def _arm(
         stage_uri=uri,
         ranker_uri=ctx.require("ranker")["outputs"]["model"]
         if rl.business_reward == "ranker"
+        else None,
+        sasrec_uri=ctx.require("sasrec")["outputs"]["model"]
+        if rl.business_reward == "sasrec"
         else None,
         item_value=item_values(cfg, items),
         semantic=semantic if uses_judge(rl) else None,

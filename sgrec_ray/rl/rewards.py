@@ -34,6 +34,7 @@ class Ranker(Protocol):
 class RewardEnv:
     histories: Sequence[Sequence[int]] = field(default_factory=list)  # [B], oldest first
     ranker: Ranker | None = None
+    sasrec: Ranker | None = None  # SASRec's p(item | history) through the same predict() shape
     item_values: FloatArray | None = None  # float64 [n_items] business value; None = 1 for all
 
 
@@ -72,9 +73,22 @@ def ranker_reward(items: IntArray, targets: IntArray, env: RewardEnv) -> FloatAr
     return pctr * value
 
 
+def sasrec_reward(items: IntArray, targets: IntArray, env: RewardEnv) -> FloatArray:
+    """Dense collaborative reward (MiniOneRec's CF reward): SASRec's p(item | history) over the
+    full catalogue, from the sasrec stage trained on the same interactions."""
+    if env.sasrec is None:
+        raise ValueError(
+            "rl.business_reward=sasrec needs the sasrec stage's model: run it first "
+            "(sgrec run CONFIG --stages sasrec)"
+        )
+    items = np.asarray(items, dtype=np.int64)
+    return np.asarray(env.sasrec.predict(env.histories, items), dtype=np.float64)
+
+
 BUSINESS_REWARDS: dict[str, RewardFn] = {
     "rule": rule_reward,
     "ranker": ranker_reward,
+    "sasrec": sasrec_reward,
 }
 
 

@@ -18,9 +18,9 @@ import pyarrow.compute as pc
 
 from sgrec_ray import storage
 from sgrec_ray.config import SidSection
-from sgrec_ray.data.schema import ITEMS_FILE
+from sgrec_ray.data.schema import ITEMS_FILE, TRAIN_FILE
 from sgrec_ray.runs import RunContext, StageResult
-from sgrec_ray.sid.embed import embed_items, embeddings_table, item_texts
+from sgrec_ray.sid.embed import embed_items, embeddings_table, item_texts, read_embeddings
 from sgrec_ray.sid.rqkmeans import resolve_collisions, rq_kmeans
 from sgrec_ray.sid.trie import SidTrie, SidVocab
 
@@ -94,23 +94,84 @@ def _precomputed_codes(
 def _embed_and_quantise(
     ctx: RunContext, items: pa.Table, cfg: SidSection
 ) -> tuple[np.ndarray, list[int], dict[str, Any], str]:
+    """Quantise the vectors ``sid.source`` names; the text embeddings are written in any case
+    (the judge's hard negatives and the embedding judge read them)."""
     t0 = time.time()
     emb = embed_items(items, cfg)
     embed_s = time.time() - t0
     emb_uri = ctx.path(STAGE, EMBEDDINGS_FILE)
     storage.write_table(emb_uri, embeddings_table(items.column("item_idx").to_numpy(), emb))
-    t0 = time.time()
-    rq = rq_kmeans(emb, cfg.levels, cfg.codes, n_init=cfg.kmeans_n_init, seed=cfg.seed)
-    info = {
+    info: dict[str, Any] = {
+        "source": cfg.source,
         "embedding_model": cfg.embedding_model,
         "embedding_dim": int(emb.shape[1]),
         "embed_seconds": round(embed_s, 2),
-        "kmeans_seconds": round(time.time() - t0, 2),
         "items_without_text": item_texts(items)[1],
-        "clusters_fitted": rq.clusters_fitted,
-        "quant_error": [round(q, 6) for q in rq.quant_error],
     }
+    if cfg.source != "text":
+        from sgrec_ray.sasrec.stage import ITEM_VECTORS_FILE
+        from sgrec_ray.sasrec.stage import STAGE as SASREC
+
+        cf = read_vectors(ctx.path(SASREC, ITEM_VECTORS_FILE), items.num_rows)
+        emb = quantisation_input(emb, cf, cfg.source, cfg.cf_weight)
+        info["cf_dim"] = int(cf.shape[1])
+    t0 = time.time()
+    rq = rq_kmeans(emb, cfg.levels, cfg.codes, n_init=cfg.kmeans_n_init, seed=cfg.seed)
+    info["kmeans_seconds"] = round(time.time() - t0, 2)
+    info["clusters_fitted"] = rq.clusters_fitted
+    info["quant_error"] = [round(q, 6) for q in rq.quant_error]
     return rq.codes.astype(np.int64), [cfg.codes] * cfg.levels, info, emb_uri
+
+
+def read_vectors(uri: str, n_items: int) -> np.ndarray:
+    """float32 [n_items, dim] from an (item_idx, embedding) table with one row per item."""
+    idx, vectors = read_embeddings(storage.read_table(uri))
+    if not np.array_equal(idx, np.arange(n_items)):
+        raise ValueError(f"{uri}: needs one vector per item 0..{n_items - 1}")
+    return vectors
+
+
+def quantisation_input(
+    text: np.ndarray, cf: np.ndarray, source: str, cf_weight: float
+) -> np.ndarray:
+    """What RQ-KMeans clusters for ``source`` cf / hybrid (text needs no mixing).
+
+    Both parts are L2-normalised first, so ``cf_weight`` alone sets their balance: with weights
+    sqrt(1 - w) and sqrt(w), a squared distance is (1 - w) x text distance + w x cf distance.
+    """
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    if source == "cf":
+        return unit(cf)
+    if not 0.0 <= cf_weight <= 1.0:
+        raise ValueError(f"sid.cf_weight must be in [0, 1], got {cf_weight}")
+    return np.concatenate([np.sqrt(1 - cf_weight) * unit(text), np.sqrt(cf_weight) * unit(cf)], 1)
+
+
+def first_code_share(codes: np.ndarray, train: pa.Table) -> dict[str, float]:
+    """Do SID prefixes group co-consumed items? Share of consecutive train events whose items share
+    their first code, and the share expected by chance (two events drawn independently).
+
+    Each (previous, next) pair is read once: at the supervised positions of the training windows.
+    """
+    same = total = 0
+    first = codes[:, 0]
+    counts = np.zeros(int(first.max()) + 1)
+    for items, loss_from in zip(
+        train.column("items").to_pylist(), train.column("loss_from").to_pylist(), strict=True
+    ):
+        c = first[np.asarray(items, dtype=np.int64)]
+        lo = max(int(loss_from), 1)
+        same += int((c[lo:] == c[lo - 1 : -1]).sum())
+        total += max(len(c) - lo, 0)
+        np.add.at(counts, c[lo:], 1)
+    p = counts / max(counts.sum(), 1)
+    return {
+        "first_code_consecutive_share": round(same / max(total, 1), 4),
+        "first_code_chance_share": round(float((p**2).sum()), 4),
+    }
 
 
 def run(ctx: RunContext) -> StageResult:
@@ -126,6 +187,9 @@ def run(ctx: RunContext) -> StageResult:
         base, sizes, info, outputs["embeddings"] = _embed_and_quantise(ctx, items, cfg)
 
     codes, collisions = resolve_collisions(base)
+    train_uri = ctx.path("data", TRAIN_FILE)
+    if storage.exists(train_uri):  # a catalogue-only run (no logs yet) still gets its SIDs
+        info.update(first_code_share(base, storage.read_table(train_uri)))
     vocab = SidVocab(level_sizes=[*sizes, collisions.max_group_size])
     SidTrie(codes, vocab)  # validates: unique, in range (the loader rebuilds it)
     report: dict[str, Any] = {
@@ -166,13 +230,20 @@ def format_report(report: dict[str, Any]) -> str:
     """A few lines for the console: levels, collisions before/after, utilisation per level."""
     util = " ".join(f"{u:.0%}" for u in report["utilisation"])
     lines = [
-        f"sid: {report['n_items']} items, method {report['method']}, "
+        f"sid: {report['n_items']} items, method {report['method']} "
+        f"({report.get('source', 'dataset codes')}), "
         f"{report['levels']} levels x {report['level_sizes'][:-1]} + disambiguation level of "
         f"{report['max_group_size']} (vocab {report['vocab_size']})",
         f"sid: collisions before {report['collision_rate_before']:.2%} "
         f"({report['colliding_groups']} shared SIDs), after {report['collision_rate_after']:.2%}",
         f"sid: codebook utilisation per level {util}",
     ]
+    if "first_code_consecutive_share" in report:
+        lines.append(
+            f"sid: consecutive train events sharing a first code "
+            f"{report['first_code_consecutive_share']:.1%} "
+            f"(chance {report['first_code_chance_share']:.1%})"
+        )
     if "embed_seconds" in report:
         lines.append(
             f"sid: embedded with {report['embedding_model']} in {report['embed_seconds']}s, "

@@ -1,4 +1,4 @@
-"""An RL run: a private copy of the session's tiny run (data, sid, sft, eval) plus its ranker.
+"""An RL run: a private copy of the session's tiny run (data, sasrec, sid, sft, eval) plus its ranker.
 
 A copy, so RL outputs (a2po/, experiment/) never appear in the shared tiny run that other test
 packages read (the Serve app, for one, prefers an a2po checkpoint when it exists).
