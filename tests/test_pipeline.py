@@ -11,7 +11,14 @@ from sgrec_ray.runs import RunContext
 
 pytestmark = pytest.mark.integration
 
-METHODS = ["pop", "sft", "pop_exclude_seen", "sft_exclude_seen"]
+METHODS = [
+    "pop",
+    "sasrec",
+    "sft",
+    "pop_exclude_seen",
+    "sasrec_exclude_seen",
+    "sft_exclude_seen",
+]
 
 
 def test_report_has_the_documented_layout(tiny_run: RunContext):
@@ -29,6 +36,31 @@ def test_report_has_the_documented_layout(tiny_run: RunContext):
     md = storage.read_text(storage.join(tiny_run.run_uri, "report.md"))
     assert "sft_exclude_seen" in md and "## Results" in md
     assert storage.exists(storage.join(tiny_run.run_uri, "sft_loss.png"))
+
+
+def test_the_generator_is_selected_on_validation_and_shown_beside_sasrec(tiny_run: RunContext):
+    from sgrec_ray.generator.model import load_generator
+
+    sft = tiny_run.manifest("sft")["metrics"]
+    log = [
+        json.loads(x) for x in storage.read_text(tiny_run.path("sft", "train_log.jsonl")).split()
+    ]
+    validated = [r for r in log if "valid_ndcg@10" in r]
+    assert len(validated) == sft["epochs"]  # eval_every 1: every epoch was validated
+    assert all(set(r["valid_by_weight"]) == {"0.0", "0.5"} for r in validated)
+    best = max(validated, key=lambda r: r["valid_ndcg@10"])
+    assert (sft["best_epoch"], sft["valid_ndcg@10"]) == (best["epoch"], best["valid_ndcg@10"])
+    # The exported checkpoint is that epoch's, with its re-ranking weight.
+    meta = load_generator(tiny_run.manifest("sft")["outputs"]["model"]).meta
+    assert (meta.epoch, meta.rerank_weight) == (best["epoch"], best["rerank_weight"])
+    ev = tiny_run.manifest("eval")["metrics"]
+    assert ("sft_beam" in ev["methods"]) == (meta.rerank_weight > 0)
+    for name in METHODS:
+        se = ev["standard_errors"][name]["hr@10"]
+        p = ev["methods"][name]["hr@10"]
+        assert se == pytest.approx((p * (1 - p) / 79) ** 0.5, rel=1e-6)  # ddof 1 of a 0/1 column
+    sasrec = tiny_run.manifest("sasrec")["metrics"]
+    assert sasrec["valid_ndcg@10"] is not None and sasrec["epochs_run"] >= 1
 
 
 def test_exclude_seen_predictions_never_contain_seen_items(tiny_run: RunContext):

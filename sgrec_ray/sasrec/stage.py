@@ -90,7 +90,11 @@ def train_sasrec(
     storage_path = storage.join(stage_uri, "ray_train")
     if fresh:
         storage.delete_dir(storage.join(storage_path, run_name))
-    ds = ray.data.read_parquet(storage.normalize(train_uri), columns=["items", "loss_from"])
+    # Materialised first, as SFT does: a worker may hold every CPU of a small machine
+    # (sasrec.cpus_per_worker), and a lazy read would then wait for a CPU that never frees.
+    ds = ray.data.read_parquet(
+        storage.normalize(train_uri), columns=["items", "loss_from"]
+    ).materialize()
     n_rows = ds.count()
     if n_rows == 0:
         raise ValueError(f"{train_uri}: no training sequences")

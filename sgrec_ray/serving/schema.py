@@ -81,7 +81,7 @@ class RecommendedItem(BaseModel):
     sid: str  # e.g. <a_3><b_1><c_7><d_0>
     score: (
         float | None
-    )  # log p(item | history) from the generator; null for the popularity fallback
+    )  # the generator's ranking score (log p(item | history), or its re-ranking blend); null for popularity
 
 
 class ModelInfo(BaseModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -57,6 +59,23 @@ def test_checkpoint_roundtrip(tmp_path):
     x = torch.tensor([[1, 3, 7, 10]])
     with torch.no_grad():
         torch.testing.assert_close(model(x).logits, gen.model(x).logits)
+
+
+def test_a_checkpoint_from_before_reranking_loads_as_beam_only(tmp_path):
+    """Run folders written before item-level re-ranking (no rerank_weight key) still load and
+    decode by beam likelihood alone."""
+    item_tokens = make_item_tokens(10)
+    model = build_model("tiny", vocab_size(), seed=0).eval()
+    save_generator(model, str(tmp_path / "ckpt"), _meta(10, 3), item_tokens, sid_vocab_json())
+    path = tmp_path / "ckpt" / "generator.json"
+    old = {
+        k: v
+        for k, v in json.loads(path.read_text()).items()
+        if k not in ("rerank_weight", "valid_ndcg")
+    }
+    path.write_text(json.dumps(old))
+    gen = load_generator(str(tmp_path / "ckpt"))
+    assert gen.meta.rerank_weight == 0.0 and gen.meta.valid_ndcg is None
 
 
 def make_pretrained_base(path) -> str:
