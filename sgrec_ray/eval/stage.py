@@ -179,10 +179,12 @@ def run(ctx: RunContext) -> StageResult:
     kmax = max(e.ks)
 
     methods: dict[str, dict[str, float]] = {}
+    errors: dict[str, dict[str, float]] = {}
     for setting in e.settings:
         exclude = seen if setting == "exclude_seen" else None
         ranked = recommend_popular(order, kmax, exclude, len(targets))
         methods[f"pop{SUFFIX[setting]}"] = ranking_metrics(ranked, targets, e.ks, n_items)
+        errors[f"pop{SUFFIX[setting]}"] = standard_errors(ranked, targets, e.ks)
     sft = ctx.require("sft")
     methods.update(evaluate_model(ctx, "sft", sft["outputs"]["model"], samples, n_items))
     if sft["metrics"].get("rerank_weight"):  # sft re-ranks: also show the beam on its own
@@ -205,7 +207,7 @@ def run(ctx: RunContext) -> StageResult:
             "n_items": n_items,
             "beam_width": e.beam_width,
             "methods": methods,
-            "standard_errors": method_standard_errors(ctx, "eval", list(methods)),
+            "standard_errors": {**errors, **method_standard_errors(ctx, "eval", list(methods))},
         },
     )
 
