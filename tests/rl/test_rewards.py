@@ -51,5 +51,5 @@ def test_ranker_reward_without_a_ranker_says_which_stage_to_run():
 
 
 def test_unknown_reward_lists_the_registry():
-    with pytest.raises(ValueError, match=r"\['ranker', 'rule'\]"):
+    with pytest.raises(ValueError, match=r"\['ranker', 'rule', 'sasrec'\]"):
         get_business_reward("ecpm")
