@@ -156,6 +156,7 @@ def constrained_beam_search(
     token_map: np.ndarray | None = None,
     trie: SidTrie | None = None,
     rerank_weight: float = 0.0,
+    items: torch.Tensor | None = None,
 ) -> list[list[tuple[int, float]]]:
     """Top-k distinct, valid items per user by trie-constrained beam search.
 
@@ -171,6 +172,8 @@ def constrained_beam_search(
         trie: the :class:`SidTrie` of ``item_tokens`` (built from the tokens if None).
         rerank_weight: 0 ranks the beam's leaves by log p(item | history); w > 0 by
             ``(1 - w) log p(SID) + w log p_item`` (see ``generator.item_scores``).
+        items: the catalogue's ``item_scores.incidence`` matrix, for callers that decode many
+            batches (built here when None and needed).
 
     Returns:
         per user, a list of (item_idx, score) sorted by score, highest first; the score is
@@ -184,8 +187,7 @@ def constrained_beam_search(
     vocab = int(np.asarray(item_tokens).max()) + 1
     tmap = torch.as_tensor(token_map if token_map is not None else np.arange(vocab), device=device)
     seqs = [history_tokens(h, np.asarray(item_tokens)) for h in histories]
-    items = None
-    if rerank_weight > 0:
+    if rerank_weight > 0 and items is None:
         items = incidence(torch.as_tensor(np.asarray(item_tokens), device=device), len(tmap))
     # Batch users of similar length together: less left padding, same results.
     order = np.argsort([len(s) for s in seqs], kind="stable")
@@ -255,12 +257,23 @@ class Recommender:
         self.trie = SidTrie.from_tokens(
             generator.item_tokens, SidVocab.from_json(generator.sid_vocab_json)
         )
+        self._items: torch.Tensor | None = None
 
     @classmethod
     def load(
         cls, checkpoint_uri: str, beam_width: int = 20, batch_size: int = 64, device: str = "cpu"
     ) -> Recommender:
         return cls(load_generator(checkpoint_uri, device), beam_width, batch_size, device)
+
+    @property
+    def items(self) -> torch.Tensor:
+        """The catalogue's token incidence matrix for item-level re-ranking: built on first use
+        (a checkpoint that never re-ranks never pays for it), then once per replica, not per
+        request."""
+        if self._items is None:
+            tokens = torch.as_tensor(self.generator.item_tokens, device=self.device)
+            self._items = incidence(tokens, len(self.generator.token_map))
+        return self._items
 
     @property
     def n_items(self) -> int:
@@ -299,4 +312,5 @@ class Recommender:
             token_map=self.generator.token_map,
             trie=self.trie,
             rerank_weight=rerank_weight,
+            items=self.items if rerank_weight > 0 else None,
         )
