@@ -4,10 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from tests.generator.gen_synthetic import make_item_tokens
+from sgrec_ray.generator.model import build_model
+from tests.generator.gen_synthetic import make_item_tokens, vocab_size
+
+# Histories for decoding tests: ordinary, empty, repeated items, one item, the first item.
+HISTORIES = [[1, 2, 3], [], [5, 5, 6, 7, 8, 9, 10], [19], [0, 11]]
 
 
 @pytest.fixture
 def item_tokens() -> np.ndarray:
     return make_item_tokens(20)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A tiny random model with sharper-than-default logits, so beams actually compete."""
+    m = build_model("tiny", vocab_size(), seed=0).eval()
+    with torch.no_grad():
+        m.get_input_embeddings().weight.mul_(20)
+    return m

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,21 +12,12 @@ from sgrec_ray.generator.decode import (
     constrained_beam_search,
     item_log_probs,
 )
-from sgrec_ray.generator.model import GeneratorMeta, build_model, load_generator, save_generator
+from sgrec_ray.generator.model import GeneratorMeta, load_generator, save_generator
 from sgrec_ray.sid.trie import SidTrie, SidVocab
+from tests.generator.conftest import HISTORIES
 from tests.generator.gen_synthetic import make_item_tokens, sid_vocab_json, vocab_size
 
 N_ITEMS = 20
-HISTORIES = [[1, 2, 3], [], [5, 5, 6, 7, 8, 9, 10], [19], [0, 11]]
-
-
-@pytest.fixture(scope="module")
-def model():
-    """A tiny random model with sharper-than-default logits, so beams actually compete."""
-    m = build_model("tiny", vocab_size(), seed=0).eval()
-    with torch.no_grad():
-        m.get_input_embeddings().weight.mul_(20)
-    return m
 
 
 def brute_force(model, history, item_tokens, k, exclude=frozenset()):

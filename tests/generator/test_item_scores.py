@@ -10,20 +10,10 @@ from sgrec_ray.eval.metrics import ndcg, target_ranks
 from sgrec_ray.generator.decode import constrained_beam_search, item_log_probs
 from sgrec_ray.generator.encoding import IGNORE, collate, item_labels, training_example
 from sgrec_ray.generator.item_scores import blend, incidence, item_logits, item_loss
-from sgrec_ray.generator.model import build_model
 from sgrec_ray.generator.validate import validation_ndcg
 from sgrec_ray.sid.trie import SidTrie, SidVocab
+from tests.generator.conftest import HISTORIES
 from tests.generator.gen_synthetic import vocab_size
-
-HISTORIES = [[1, 2, 3], [], [5, 5, 6, 7, 8, 9, 10], [19], [0, 11]]
-
-
-@pytest.fixture(scope="module")
-def model():
-    m = build_model("tiny", vocab_size(), seed=0).eval()
-    with torch.no_grad():
-        m.get_input_embeddings().weight.mul_(20)
-    return m
 
 
 def _last_logits(model, history, item_tokens):
