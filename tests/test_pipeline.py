@@ -43,7 +43,8 @@ def test_the_generator_is_selected_on_validation_and_shown_beside_sasrec(tiny_ru
 
     sft = tiny_run.manifest("sft")["metrics"]
     log = [
-        json.loads(x) for x in storage.read_text(tiny_run.path("sft", "train_log.jsonl")).split()
+        json.loads(x)
+        for x in storage.read_text(tiny_run.path("sft", "train_log.jsonl")).splitlines()
     ]
     validated = [r for r in log if "valid_ndcg@10" in r]
     assert len(validated) == sft["epochs"]  # eval_every 1: every epoch was validated
