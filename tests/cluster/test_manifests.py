@@ -45,15 +45,18 @@ def test_there_are_manifests_of_every_kind():
 def test_manifest(name, doc):
     assert doc["apiVersion"] == "ray.io/v1"
     spec = doc["spec"]
-    cluster = spec.get("rayClusterSpec") if doc["kind"] != "RayCluster" else spec
-    if cluster is not None:
+    key = {"RayJob": "rayClusterSpec", "RayService": "rayClusterConfig"}.get(doc["kind"])
+    cluster = spec.get(key) if key else spec
+    if doc["kind"] != "RayJob" or "clusterSelector" not in spec:
+        assert cluster is not None, f"{name}: spec.{key} missing"
         assert cluster["rayVersion"] == RAY_VERSION  # snapshots are tied to the Ray version
         assert cluster.get("authOptions", {}).get("mode") == "token"
     if doc["kind"] == "RayJob":
         script, configs = _entrypoint_files(spec["entrypoint"])
         assert script.is_file(), f"{name}: entrypoint script {script} missing"
         assert configs and all(c.is_file() for c in configs), f"{name}: config missing"
-        assert "clusterSelector" in spec or spec.get("shutdownAfterJobFinishes") is True
+        # KubeRay refuses ttlSecondsAfterFinished unless shutdownAfterJobFinishes is true.
+        assert spec.get("shutdownAfterJobFinishes") is True or "ttlSecondsAfterFinished" not in spec
         yaml.safe_load(spec["runtimeEnvYAML"])  # must itself be valid YAML
     if doc["kind"] == "RayService":
         for app in spec["serveConfigV2"] and yaml.safe_load(spec["serveConfigV2"])["applications"]:
@@ -64,6 +67,9 @@ def test_manifest(name, doc):
 def test_image_pins_the_same_ray_version_as_the_project():
     dockerfile = (CLUSTER / "Dockerfile").read_text()
     assert re.search(rf"rayproject/ray:{re.escape(RAY_VERSION)}-", dockerfile)
-    assert f'"ray[data,train,serve]=={RAY_VERSION}"' in (REPO / "pyproject.toml").read_text()
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert f'"ray[data,train,serve]=={RAY_VERSION}"' in pyproject
+    assert f'vllm = ["ray[llm]=={RAY_VERSION}"]' in pyproject  # Ray pins the vLLM it supports
+    assert re.search(r"ARG EXTRAS=\S*vllm", dockerfile)
     for needed in ("sgrec_ray", "jobs", "configs", "serve_apps"):
         assert f"COPY --chown=ray:users {needed}" in dockerfile
