@@ -67,7 +67,8 @@ def main() -> None:
     from sgrec_ray.data import schema
     from sgrec_ray.judge.candidates import build_candidates
     from sgrec_ray.judge.engines import make_engine
-    from sgrec_ray.judge.scoring import Judge, JudgeRequest
+    from sgrec_ray.judge.rows import JudgeRequest
+    from sgrec_ray.judge.scoring import Judge
     from sgrec_ray.runs import RunContext
 
     root = args.storage or tempfile.mkdtemp(prefix="sgrec-bench-judge-")

@@ -60,7 +60,7 @@ STAGES: dict[str, Stage] = {
             ("judge",),
             ("data", "sid", "sft"),
             "sgrec_ray.judge.stage:run",
-            check="sgrec_ray.judge.engines:check",
+            check="sgrec_ray.judge.checks:check",
         ),
         Stage(
             "aggregate", ("aggregate",), ("data", "sid", "judge"), "sgrec_ray.judge.aggregate:run"

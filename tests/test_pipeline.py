@@ -125,7 +125,8 @@ def test_cli_runs_a_stage_and_rejects_bad_input(tmp_path, capsys):
 def test_judge_adapter_align_resolves_to_the_run_and_chains_the_stages(tiny_cfg):
     import dataclasses
 
-    from sgrec_ray.judge.engines import JudgeSetupError, preflight
+    from sgrec_ray.judge.checks import preflight
+    from sgrec_ray.judge.engines import JudgeSetupError
     from sgrec_ray.pipeline import stage_needs
     from sgrec_ray.runs import resolve_adapter
 

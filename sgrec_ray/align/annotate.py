@@ -40,7 +40,7 @@ from sgrec_ray.align.labels import check_labels, item_index, label_schema
 from sgrec_ray.data.loaders import natural_key
 from sgrec_ray.data.validate import Rejects, require_columns
 from sgrec_ray.judge.prompts import ASPECTS, ItemTexts
-from sgrec_ray.judge.scoring import JudgeRequest
+from sgrec_ray.judge.rows import JudgeRequest
 
 if TYPE_CHECKING:
     from sgrec_ray.judge.scoring import Judge

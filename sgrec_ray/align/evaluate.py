@@ -23,7 +23,8 @@ import numpy as np
 import pyarrow as pa
 
 from sgrec_ray.config import JudgeSection
-from sgrec_ray.judge.scoring import Judge, JudgeRequest, scores_schema
+from sgrec_ray.judge.rows import JudgeRequest, scores_schema
+from sgrec_ray.judge.scoring import Judge
 
 
 def score_variants(

@@ -18,7 +18,7 @@ import pyarrow as pa
 from sgrec_ray.align.annotate import UserEvents
 from sgrec_ray.align.objectives import target_levels
 from sgrec_ray.judge import prompts
-from sgrec_ray.judge.scoring import JudgePrompts, JudgeRequest
+from sgrec_ray.judge.rows import JudgePrompts, JudgeRequest
 
 
 @dataclass

@@ -33,7 +33,7 @@ from sgrec_ray.align.objectives import point_metrics
 from sgrec_ray.align.weak_labels import weak_labels
 from sgrec_ray.config import Config, JudgeSection
 from sgrec_ray.data import schema
-from sgrec_ray.judge.scoring import JudgePrompts, JudgeRequest
+from sgrec_ray.judge.rows import JudgePrompts, JudgeRequest
 from sgrec_ray.runs import RunContext, StageResult, aligned_adapter
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,8 @@ def check(cfg: Config) -> None:
     """Pre-run check: the judge model and engine, peft, and a labels file that exists."""
     import importlib.util
 
-    from sgrec_ray.judge.engines import JudgeSetupError, preflight
+    from sgrec_ray.judge.checks import preflight
+    from sgrec_ray.judge.engines import JudgeSetupError
 
     preflight(base_judge(cfg))
     if importlib.util.find_spec("peft") is None:
@@ -206,7 +207,8 @@ def run(ctx: RunContext) -> StageResult:
     import ray
 
     from sgrec_ray.judge.aggregate import fit_weights
-    from sgrec_ray.judge.engines import load_tokenizer, preflight
+    from sgrec_ray.judge.checks import preflight
+    from sgrec_ray.judge.engines import load_tokenizer
 
     cfg, judge_cfg = ctx.cfg.align, base_judge(ctx.cfg)
     aspects = list(judge_cfg.aspects)

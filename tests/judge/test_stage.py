@@ -10,8 +10,9 @@ from sgrec_ray import storage
 from sgrec_ray.config import load_config
 from sgrec_ray.data import schema
 from sgrec_ray.judge import stage
-from sgrec_ray.judge.engines import JudgeSetupError, preflight
-from sgrec_ray.judge.scoring import prompt_spec, scores_schema
+from sgrec_ray.judge.checks import preflight
+from sgrec_ray.judge.engines import JudgeSetupError
+from sgrec_ray.judge.rows import prompt_spec, scores_schema
 from sgrec_ray.runs import RunContext, StageResult, write_manifest
 from tests.conftest import REPO
 
