@@ -211,6 +211,16 @@ def _annotate(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     cfg = resolve_adapter(cfg)  # the aligned judge can be a teacher too
+    if args.action == "draft":  # the teacher runs in-process: refuse what cannot, in seconds
+        from sgrec_ray.judge.checks import preflight, require_in_process
+        from sgrec_ray.judge.engines import JudgeSetupError
+
+        try:
+            require_in_process(cfg.judge, "sgrec annotate draft")
+            preflight(cfg.judge)
+        except JudgeSetupError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     ctx = RunContext(cfg)
     ctx.require("data")
     items = storage.read_table(ctx.path("data", schema.ITEMS_FILE)).sort_by("item_idx")

@@ -98,8 +98,9 @@ def check(cfg: Config) -> None:
     """The pipeline's pre-run check: fusion and reward names, and the judge when the run calls it."""
     get_advantage(cfg.rl.advantage), get_business_reward(cfg.rl.business_reward)
     if uses_judge(cfg.rl):
-        from sgrec_ray.judge.engines import preflight
+        from sgrec_ray.judge.checks import preflight, require_in_process
 
+        require_in_process(cfg.judge, "the semantic reward service (a2po, rl.semantic_rate > 0)")
         preflight(cfg.judge)
 
 

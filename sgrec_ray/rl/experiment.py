@@ -60,6 +60,10 @@ def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = Fa
         for a in ARMS
         for r in [cfg.rl.semantic_rate, *cfg.rl.study_rates]
     )
+    if semantic is None and judge_needed:  # fail in seconds, not after the shared stages ran
+        from sgrec_ray.judge.checks import require_in_process
+
+        require_in_process(cfg.judge, "the semantic reward service (sgrec experiment)")
     shared = ["data", "sasrec", "sid", "sft", "eval"]
     shared += ["ranker"] if cfg.rl.business_reward == "ranker" else []
     shared += ["judge", "aggregate"] if semantic is None and judge_needed else []
