@@ -194,11 +194,9 @@ class JudgeSection:
     # logprobs: expected score from the score tokens' probabilities at each aspect's slot (stable,
     # never unparsable); generate: greedy answer text parsed by regex, retried (engines without logprobs).
     scoring: Literal["logprobs", "generate"] = "logprobs"
-    # transformers: run a user's shared prompt prefix once and batch its candidates against its KV cache.
+    # A user's candidates share one prompt prefix: transformers runs it once and batches the
+    # candidates against its KV cache; vllm turns on its automatic prefix caching.
     prefix_sharing: bool = True
-    top_logprobs: int = (
-        20  # vllm: prompt_logprobs per position (score tokens outside it count as 0)
-    )
     evidence: bool = False  # also generate a one-sentence rationale per aspect (slow on CPU)
     evidence_max_tokens: int = 30  # per aspect
     max_prompt_tokens: int = 768  # user history is truncated (oldest first) to fit

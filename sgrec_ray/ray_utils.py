@@ -49,3 +49,29 @@ def ensure_ray(cfg: Config) -> None:
         kwargs["num_cpus"] = cfg.ray.num_cpus
     log.info("ray.init(address=%s)", address or "local")
     ray.init(**kwargs)
+
+
+def gpu_capacity() -> tuple[float, float | None]:
+    """GPUs the cluster has now, and the most it can scale to (None: no autoscaler config).
+
+    The second number is what Ray Train itself checks before it waits for a placement group
+    (``ray._private.state.state.get_max_resources_from_cluster_config()``, Ray 2.60): the node
+    groups the autoscaler reported to the GCS (a KubeRay worker group's resources x maxReplicas),
+    so a GPU group that starts at 0 replicas still counts.
+    """
+    from ray._private import state
+
+    now = float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0.0
+    if not ray.is_initialized():
+        return now, None
+    try:
+        most = state.state.get_max_resources_from_cluster_config()
+    except Exception as err:  # a private API: never let it break a run that has GPUs now
+        log.warning("could not read the autoscaler's cluster config: %r", err)
+        return now, None
+    return now, (None if most is None else float(most.get("GPU", 0)))
+
+
+def can_get_gpus(now: float, most: float | None, need: float = 1.0) -> bool:
+    """Whether ``need`` GPUs exist now or once the autoscaler scales a GPU group up."""
+    return now >= need or (most is not None and most >= need)

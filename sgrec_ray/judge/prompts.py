@@ -375,8 +375,8 @@ def slot_logits_from_logprob_dicts(
 def _items(entry: Any) -> list[tuple[Any, Any]]:
     if entry is None:
         return []
-    if isinstance(entry, dict):
-        return list(entry.items())
+    if isinstance(entry, dict):  # Arrow structs fill the ids a row lacks with None
+        return [(k, v) for k, v in entry.items() if v is not None]
     return [(k, v) for k, v in entry if v is not None]  # Arrow map columns arrive as pairs
 
 

@@ -31,8 +31,10 @@ from sgrec_ray import storage
 from sgrec_ray.config import JudgeSection
 from sgrec_ray.data import schema
 from sgrec_ray.judge import candidates as cands
-from sgrec_ray.judge.engines import ModelRef, model_id, preflight
-from sgrec_ray.judge.scoring import Judge, prompt_spec, scores_schema
+from sgrec_ray.judge.checks import preflight
+from sgrec_ray.judge.engines import ModelRef, model_id
+from sgrec_ray.judge.rows import prompt_spec, scores_schema
+from sgrec_ray.judge.scoring import Judge
 from sgrec_ray.runs import RunContext, StageResult
 
 log = logging.getLogger(__name__)
@@ -161,10 +163,13 @@ def judge_pending(
     users: pa.Table | None,
     ref: ModelRef,
     max_chunks: int | None = None,
+    engine: type | None = None,
 ) -> dict[str, Any]:
     """Judge the candidate pairs not yet in ``scores/``; one part file per finished chunk.
 
     ``max_chunks`` stops after that many chunks (what an interruption leaves behind; for tests).
+    ``engine``: judge.engine=vllm only, a stand-in for the vLLM engine stage (tests; see
+    :func:`~sgrec_ray.judge.vllm_engine.build_judge_processor`).
     Returns this run's counts: pairs judged, chunks written, seconds, prompt tokens.
     """
     cfg = ctx.cfg.judge
@@ -201,7 +206,7 @@ def judge_pending(
     )
     started = time.time()
     target = scores_schema(cfg.aspects)
-    batches = _score_batches(chunks, cfg, ref, items, users)
+    batches = _score_batches(chunks, cfg, ref, items, users, engine)
     try:
         for batch in batches:
             table = conform(batch, target)
@@ -256,6 +261,7 @@ def _score_batches(
     ref: ModelRef,
     items: pa.Table,
     users: pa.Table | None,
+    engine: type | None = None,
 ) -> Iterator[pa.Table]:
     import ray
 
@@ -263,8 +269,7 @@ def _score_batches(
     if cfg.engine == "vllm":
         from sgrec_ray.judge.vllm_engine import vllm_scores
 
-        out = vllm_scores(ds, cfg, ref, items, users)
-        return out.iter_batches(batch_size=cfg.batch_size, batch_format="pyarrow")
+        return vllm_scores(ds, cfg, ref, items, users, engine)
     out = ds.map_batches(
         Judge,
         fn_constructor_kwargs={"cfg": cfg, "items": items, "users": users},
@@ -278,8 +283,7 @@ def _score_batches(
 
 
 def conform(batch: pa.Table, target: pa.Schema) -> pa.Table:
-    """A batch in exactly the ``target`` schema: missing columns null, NaN scores null, and rows
-    an engine failed on (vLLM's ``__inference_error__``) status=failed."""
+    """A batch in exactly the ``target`` schema: missing columns null, NaN scores null."""
     n = batch.num_rows
     cols = []
     for f in target:
@@ -290,24 +294,7 @@ def conform(batch: pa.Table, target: pa.Schema) -> pa.Table:
         if pa.types.is_floating(f.type):  # a failed row has no score: null, not NaN
             col = pc.if_else(pc.is_nan(col), pa.scalar(None, f.type), col)
         cols.append(col)
-    table = pa.Table.from_arrays(cols, schema=target)
-    if "__inference_error__" in batch.column_names:  # vLLM rows that skipped the postprocess
-        err = batch.column("__inference_error__").to_pylist()
-        status = [
-            s if not e else "failed"
-            for s, e in zip(table.column("status").to_pylist(), err, strict=True)
-        ]
-        reason = [
-            r if not e else f"engine_error: {e}"[:300]
-            for r, e in zip(table.column("reason").to_pylist(), err, strict=True)
-        ]
-        table = table.set_column(
-            target.get_field_index("status"), "status", pa.array(status, pa.string())
-        )
-        table = table.set_column(
-            target.get_field_index("reason"), "reason", pa.array(reason, pa.string())
-        )
-    return table
+    return pa.Table.from_arrays(cols, schema=target)
 
 
 def _write_part(out_dir: str, table: pa.Table) -> str:

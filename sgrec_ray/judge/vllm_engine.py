@@ -1,12 +1,20 @@
 """The vLLM engine: the judge prompts through ``ray.data.llm`` on GPU clusters.
 
-Same prompts, same slots, same parsing as the transformers engine: rows carry the token ids built
-by :class:`~sgrec_ray.judge.scoring.JudgePrompts` (so vLLM sees exactly the tokens whose slots we
-know) and ask for ``prompt_logprobs``; the postprocess reads the score tokens at the slots with
-:func:`~sgrec_ray.judge.prompts.slot_logits_from_logprob_dicts`. vLLM's automatic prefix caching
-does what the transformers engine's shared KV cache does. vLLM is imported lazily: CPU installs
-never need it. On a cluster without GPUs the engine actor would wait forever (RAY_NOTES.md), so
-:func:`require_gpu` refuses to start instead.
+Same prompts, slots and parsing as the transformers engine, read without ``prompt_logprobs``:
+in vLLM 0.29 any ``prompt_logprobs`` makes a request skip the prefix cache and returns only the
+top-k tokens per position. Instead every (candidate, aspect) becomes one request whose prompt is
+the candidate's tokens up to that aspect's score slot, asking for the next token's distribution
+over exactly the score tokens (``max_tokens=1``, ``allowed_token_ids`` = ``logprob_token_ids`` =
+the score ids). The prompts of one user's candidates and aspects are prefixes of one another, so
+vLLM's automatic prefix caching prefills each shared block once; the returned log-probabilities
+are exact and :func:`~sgrec_ray.judge.prompts.expected_score` renormalises them over the score
+tokens, as the transformers engine does with its logits.
+
+Pipeline: candidate rows → :class:`SlotRows` (CPU tokenizer actors) → the processor (preprocess
+adds ``sampling_params`` and the LoRA ``model``; vLLM; postprocess keeps the score log-probs) →
+:class:`SlotMerger` in the driver joins each candidate's aspect rows into one score row. Rows vLLM
+failed on skip the postprocess (Ray 2.60) but keep our columns, so they join as ``failed`` rows.
+vLLM is imported lazily: CPU installs never need it.
 """
 
 from __future__ import annotations
@@ -14,24 +22,48 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from sgrec_ray import storage
 from sgrec_ray.config import JudgeSection
 from sgrec_ray.judge import prompts
 from sgrec_ray.judge.engines import JudgeSetupError, ModelRef, load_tokenizer, model_id
-from sgrec_ray.judge.scoring import (
+from sgrec_ray.judge.rows import (
     JudgePrompts,
     JudgeRequest,
     JudgeResult,
     prompt_spec,
     requests_from_batch,
     score_columns,
+    scores_schema,
 )
 
 VLLM_EXTRA = "pip install 'sgrec-ray[vllm]'"
+ENGINE_STAGE = "vLLMEngineStage"  # the processor's stage name in Ray 2.60 (Processor.stages)
+# Schemes ray.llm downloads LoRA adapters from (ray.llm._internal.common.utils.cloud_utils
+# .is_remote_path in Ray 2.60); anything else must be a folder on the GPU workers.
+LORA_SCHEMES = ("s3://", "gs://", "abfss://", "azure://")
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
+MAX_LOGPROB_TOKEN_IDS = 128  # vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS (0.29)
+# Columns a slot row carries through the processor (kept on error rows too).
+SLOT_COLUMNS = (
+    "user_id",
+    "item_idx",
+    "origin",
+    "split",
+    "aspect",
+    "truncated",
+    "prompt_tokens",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks (run by judge.checks.preflight before any stage starts)
 
 
 def require_vllm() -> None:
@@ -42,15 +74,92 @@ def require_vllm() -> None:
         )
 
 
-def require_gpu() -> None:
-    import ray
+def gpus_per_engine(cfg: JudgeSection) -> int:
+    """GPUs one vLLM engine uses (its tensor-parallel size): judge.gpus_per_actor, at least 1."""
+    return max(1, int(cfg.gpus_per_actor))
 
-    gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
-    if not gpus:
+
+def check_options(cfg: JudgeSection) -> None:
+    """Refuse the judge options this engine cannot honour, naming the key and the way out."""
+    if cfg.scoring != "logprobs":
         raise JudgeSetupError(
-            "judge.engine=vllm needs GPUs in the Ray cluster and found none (a vLLM actor would "
-            "wait forever for one); use judge.engine=transformers on CPU"
+            "judge.scoring=generate (with judge.max_retries) is for engines without logprobs; "
+            "judge.engine=vllm reads the score tokens' probabilities: use judge.scoring=logprobs"
         )
+    if cfg.evidence:
+        raise JudgeSetupError(
+            "judge.evidence=true is not implemented for judge.engine=vllm (the rationale needs a "
+            "second, generating pass per aspect): use judge.engine=transformers for evidence, "
+            "e.g. `sgrec annotate draft`, or set judge.evidence=false"
+        )
+    if cfg.gpus_per_actor != int(cfg.gpus_per_actor):
+        raise JudgeSetupError(
+            f"judge.gpus_per_actor={cfg.gpus_per_actor}: a vLLM engine takes whole GPUs (its "
+            "tensor-parallel size); use 0 or 1 for one GPU per engine, or 2, 4, ..."
+        )
+    if cfg.scale > MAX_LOGPROB_TOKEN_IDS:
+        raise JudgeSetupError(f"judge.scale={cfg.scale}: vLLM scores at most 128 tokens")
+
+
+def require_gpu(cfg: JudgeSection) -> None:
+    """Refuse to start when no node has, or can scale up to, the GPUs one engine needs.
+
+    A vLLM actor without a GPU waits forever (RAY_NOTES.md); a GPU group that autoscales from 0
+    counts (``ray_utils.gpu_capacity``).
+    """
+    from sgrec_ray.ray_utils import can_get_gpus, gpu_capacity
+
+    need = gpus_per_engine(cfg)
+    now, most = gpu_capacity()
+    if not can_get_gpus(now, most, need):
+        scale = "no autoscaler config" if most is None else f"at most {most:g} after autoscaling"
+        raise JudgeSetupError(
+            f"judge.engine=vllm needs {need} GPU(s) per engine; the Ray cluster has {now:g} now "
+            f"({scale}), and a vLLM actor would wait forever for one: add a GPU worker group "
+            "(maxReplicas > 0) or use judge.engine=transformers on CPU"
+        )
+
+
+@dataclass(frozen=True)
+class LoraPlan:
+    """How vLLM finds the adapter: the processor's ``dynamic_lora_loading_path`` and the rows'
+    ``model`` column (ray.llm loads ``<dynamic path>/<model>``, or ``model`` itself when unset)."""
+
+    dynamic_path: str | None
+    model: str
+
+
+def lora_plan(adapter: str) -> LoraPlan:
+    """Where ray.llm loads ``judge.adapter`` from: a cloud URI it downloads, or a local folder.
+
+    ``dynamic_lora_loading_path`` accepts only cloud URIs in Ray 2.60, and a local adapter works
+    with it unset and its absolute path as the LoRA name (it must exist on every GPU worker:
+    shared storage, as for the run itself).
+    """
+    uri = adapter.rstrip("/")
+    if uri.startswith(LORA_SCHEMES):
+        parent, name = uri.rsplit("/", 1)
+        return LoraPlan(parent, name)
+    if storage.is_remote(uri):
+        raise JudgeSetupError(
+            f"judge.adapter={adapter!r}: vLLM (ray.data.llm) loads adapters only from "
+            f"{', '.join(LORA_SCHEMES)} or a local folder; copy the adapter to one of them"
+        )
+    return LoraPlan(None, storage.normalize(uri))
+
+
+def lora_rank(adapter: str) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that holds the adapter's rank ``r``."""
+    config = storage.read_json(storage.join(adapter.rstrip("/"), "adapter_config.json"))
+    r = int(config.get("r", 8))
+    for rank in LORA_RANKS:
+        if rank >= r:
+            return rank
+    raise JudgeSetupError(f"judge.adapter: LoRA rank {r} is above vLLM's maximum {LORA_RANKS[-1]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The processor
 
 
 def model_source(ref: ModelRef) -> str:
@@ -62,15 +171,16 @@ def processor_config(cfg: JudgeSection, ref: ModelRef) -> Any:
     from ray.data.llm import vLLMEngineProcessorConfig
 
     engine_kwargs: dict[str, Any] = {
-        "enable_prefix_caching": True,  # one user's candidates share the prompt prefix
-        "max_logprobs": max(cfg.top_logprobs, cfg.scale),
-        "max_model_len": cfg.max_prompt_tokens + 64,
-        "tensor_parallel_size": max(1, int(cfg.gpus_per_actor)),
+        "enable_prefix_caching": cfg.prefix_sharing,  # one user's requests share their prefix
+        "max_logprobs": max(20, cfg.scale),
+        "max_model_len": cfg.max_prompt_tokens + 64,  # the prompt budget plus the one new token
+        "tensor_parallel_size": gpus_per_engine(cfg),
     }
     lora: dict[str, Any] = {}
     if cfg.adapter is not None:
         engine_kwargs["enable_lora"] = True
-        lora["dynamic_lora_loading_path"] = os.path.dirname(cfg.adapter.rstrip("/"))
+        engine_kwargs["max_lora_rank"] = lora_rank(cfg.adapter)
+        lora["dynamic_lora_loading_path"] = lora_plan(cfg.adapter).dynamic_path
     return vLLMEngineProcessorConfig(
         model_source=model_source(ref),
         engine_kwargs=engine_kwargs,
@@ -81,12 +191,31 @@ def processor_config(cfg: JudgeSection, ref: ModelRef) -> Any:
         tokenize_stage=False,
         detokenize_stage=False,
         should_continue_on_error=True,  # a failed row becomes status=failed, never a lost row
+        log_engine_metrics=True,  # prefix-cache hits/queries reach Ray's metrics endpoint
         **lora,
     )
 
 
-class PromptRows:
-    """Ray Data UDF (CPU, tokenizer only): candidate rows → token ids + absolute score slots."""
+def sampling_params(score_ids: list[int]) -> dict[str, Any]:
+    """One greedy token restricted to the score tokens, with exactly their log-probabilities.
+
+    No ``prompt_logprobs``: it would switch the prefix cache off for the request (vLLM 0.29).
+    """
+    return {
+        "max_tokens": 1,
+        "temperature": 0.0,
+        "allowed_token_ids": list(score_ids),
+        "logprob_token_ids": list(score_ids),
+        "detokenize": False,
+    }
+
+
+class SlotRows:
+    """Ray Data UDF (CPU, tokenizer only): candidate rows → one row per (candidate, aspect).
+
+    ``tokenized_prompt`` is the candidate's prompt up to (not including) that aspect's score slot;
+    earlier slots hold the scaffold's placeholder digit, as in the transformers engine.
+    """
 
     def __init__(
         self, cfg: JudgeSection, ref: ModelRef, items: pa.Table, users: pa.Table | None
@@ -94,97 +223,178 @@ class PromptRows:
         self.prompts = JudgePrompts(cfg, load_tokenizer(ref), items, users)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        ids, texts, slots, truncated = [], [], [], []
-        for r in requests_from_batch(batch):
+        out: dict[str, list[Any]] = {c: [] for c in (*SLOT_COLUMNS, "tokenized_prompt")}
+        for k, r in enumerate(requests_from_batch(batch)):
             user = self.prompts.encode_user(r)
             cand = self.prompts.builder.encode_candidate(r.item_idx)
-            ids.append(user.ids + cand.ids)
-            texts.append(user.text + cand.text)
-            slots.append([len(user.ids) + s for s in cand.slots])
-            truncated.append(user.truncated)
-        keep = ("user_id", "item_idx", "origin", "split")
-        return {
-            **{k: batch[k] for k in keep},
-            "tokenized_prompt": ids,
-            "prompt": texts,
-            "slots": slots,
-            "truncated": truncated,
-        }
+            ids = user.ids + cand.ids
+            for aspect, slot in enumerate(cand.slots):
+                out["user_id"].append(r.user_id)
+                out["item_idx"].append(r.item_idx)
+                out["origin"].append(str(batch["origin"][k]))
+                out["split"].append(str(batch["split"][k]))
+                out["aspect"].append(aspect)
+                out["truncated"].append(user.truncated)
+                out["prompt_tokens"].append(len(ids))
+                out["tokenized_prompt"].append(ids[: len(user.ids) + slot])
+        return out
 
 
-def _preprocess(row: dict[str, Any], top_logprobs: int, lora: str | None) -> dict[str, Any]:
-    out = {
-        **row,
-        "sampling_params": {
-            "max_tokens": 1,
-            "temperature": 0.0,
-            "prompt_logprobs": top_logprobs,
-            "detokenize": False,
-        },
-    }
+def _preprocess(row: dict[str, Any], score_ids: list[int], lora: str | None) -> dict[str, Any]:
+    """Processor preprocess: every row asks the same question (same keys, as ray.data.llm needs)."""
+    out: dict[str, Any] = {"sampling_params": sampling_params(score_ids)}
     if lora is not None:
-        out["model"] = lora
+        out["model"] = lora  # a model name other than the base model's makes it a LoRA request
     return out
 
 
-def vllm_row_result(
-    row: dict[str, Any], aspects: tuple[str, ...], score_ids: list[int]
-) -> JudgeResult:
-    """One engine output row → a result (also for rows vLLM failed on: ``__inference_error__``)."""
-    n_tokens = len(row.get("tokenized_prompt") or [])
-    error = row.get("__inference_error__")
-    if error:
-        return JudgeResult(
-            "failed", f"engine_error: {error}"[:300], {}, None, bool(row.get("truncated")), n_tokens
-        )
-    slots = [int(s) for s in row["slots"]]
-    logits = prompts.slot_logits_from_logprob_dicts(
-        row.get("prompt_logprobs") or [], slots, score_ids
-    )
-    scored = prompts.scores_from_slots(logits, aspects)
-    return JudgeResult(
-        scored.status, scored.reason, scored.scores, None, bool(row["truncated"]), n_tokens
-    )
+def _postprocess(row: dict[str, Any], score_ids: list[int]) -> dict[str, Any]:
+    """Processor postprocess (successful rows only): our columns + the score tokens' log-probs."""
+    logits = prompts.slot_logits_from_logprob_dicts(row.get("logprobs") or [], [0], score_ids)
+    return {
+        **{c: row[c] for c in SLOT_COLUMNS},
+        "score_logprobs": logits[0].tolist(),
+    }
 
 
-def _postprocess(
-    row: dict[str, Any],
+def build_judge_processor(
+    cfg: JudgeSection, ref: ModelRef, score_ids: list[int], engine: type | None = None
+) -> Any:
+    """The ``ray.data.llm`` processor for the judge's slot rows.
+
+    ``engine`` replaces the processor's vLLM engine stage UDF (a ``StatefulStageUDF`` taking the
+    same constructor arguments as ray.llm's ``vLLMEngineStageUDF``) and drops its GPU request:
+    the one seam tests use to run this whole path on CPU with a fake engine.
+    """
+    from ray.data.llm import build_processor
+
+    lora = lora_plan(cfg.adapter).model if cfg.adapter else None
+    processor = build_processor(
+        processor_config(cfg, ref),
+        preprocess=functools.partial(_preprocess, score_ids=score_ids, lora=lora),
+        postprocess=functools.partial(_postprocess, score_ids=score_ids),
+    )
+    if engine is not None:
+        stage = processor.get_stage_by_name(ENGINE_STAGE)
+        stage.fn = engine  # (assignment re-runs the stage's validator, which asks for GPUs...)
+        stage.map_batches_kwargs["num_gpus"] = 0  # ...so drop them in place, afterwards
+    return processor
+
+
+# ---------------------------------------------------------------------------------------------
+# Joining a candidate's aspect rows
+
+
+@dataclass
+class _Pending:
+    origin: str
+    split: str
+    truncated: bool
+    prompt_tokens: int
+    logits: np.ndarray
+    seen: set[int] = field(default_factory=set)
+    error: str | None = None
+
+
+class SlotMerger:
+    """Collects slot rows (any order, any batching) and returns each candidate once all of its
+    aspects arrived: scored like the transformers engine, or ``failed`` with vLLM's error."""
+
+    def __init__(self, aspects: tuple[str, ...], n_scores: int) -> None:
+        self.aspects, self.n_scores = aspects, n_scores
+        self.pending: dict[tuple[str, int], _Pending] = {}
+
+    def add(self, row: dict[str, Any]) -> tuple[JudgeRequest, JudgeResult, str, str] | None:
+        key = (str(row["user_id"]), int(row["item_idx"]))
+        p = self.pending.get(key)
+        if p is None:
+            p = _Pending(
+                str(row["origin"]),
+                str(row["split"]),
+                bool(row["truncated"]),
+                int(row["prompt_tokens"]),
+                np.full((len(self.aspects), self.n_scores), -np.inf),
+            )
+            self.pending[key] = p
+        aspect = int(row["aspect"])
+        p.seen.add(aspect)
+        error = row.get("__inference_error__")
+        if error:
+            p.error = p.error or str(error)
+        else:
+            p.logits[aspect] = np.asarray(row["score_logprobs"], dtype=np.float64)
+        if len(p.seen) < len(self.aspects):
+            return None
+        del self.pending[key]
+        return (JudgeRequest(key[0], [], key[1]), self._result(p), p.origin, p.split)
+
+    def _result(self, p: _Pending) -> JudgeResult:
+        if p.error:
+            reason = f"engine_error: {p.error}"[:300]
+            return JudgeResult("failed", reason, {}, None, p.truncated, p.prompt_tokens)
+        s = prompts.scores_from_slots(p.logits, self.aspects)
+        return JudgeResult(s.status, s.reason, s.scores, None, p.truncated, p.prompt_tokens)
+
+    def leftovers(self) -> Iterator[tuple[JudgeRequest, JudgeResult, str, str]]:
+        """Candidates some of whose aspect rows never came back: failed, never silently lost."""
+        for key, p in self.pending.items():
+            p.error = p.error or "missing_slot_rows"
+            yield (JudgeRequest(key[0], [], key[1]), self._result(p), p.origin, p.split)
+        self.pending.clear()
+
+
+def score_table(
+    done: Iterable[tuple[JudgeRequest, JudgeResult, str, str]],
     aspects: tuple[str, ...],
-    score_ids: list[int],
     identity: tuple[str, str, str | None],
-) -> dict[str, Any]:
-    result = vllm_row_result(row, aspects, score_ids)
-    request = JudgeRequest(str(row["user_id"]), [], int(row["item_idx"]))
-    cols = score_columns([request], [result], aspects, *identity)
-    out = {k: (v[0].item() if isinstance(v, np.ndarray) else v[0]) for k, v in cols.items()}
-    out["origin"], out["split"] = row["origin"], row["split"]
-    return out
+) -> pa.Table:
+    """Joined candidates → a table in :func:`~sgrec_ray.judge.rows.scores_schema`."""
+    done = list(done)
+    cols = score_columns([d[0] for d in done], [d[1] for d in done], aspects, *identity)
+    cols["origin"] = [d[2] for d in done]
+    cols["split"] = [d[3] for d in done]
+    return pa.table(cols, schema=scores_schema(aspects))
 
 
 def vllm_scores(
-    ds: Any, cfg: JudgeSection, ref: ModelRef, items: pa.Table, users: pa.Table | None
-) -> Any:
-    """Candidate rows → score rows (:func:`~sgrec_ray.judge.scoring.scores_schema`) via vLLM."""
-    require_vllm()
-    require_gpu()
-    from ray.data.llm import build_processor
+    ds: Any,
+    cfg: JudgeSection,
+    ref: ModelRef,
+    items: pa.Table,
+    users: pa.Table | None,
+    engine: type | None = None,
+) -> Iterator[pa.Table]:
+    """Candidate rows → score tables (:func:`~sgrec_ray.judge.rows.scores_schema`) via vLLM.
 
+    Yields a table whenever output rows complete candidates (streaming: the stage writes each as a
+    part file, so an interrupted run resumes). ``engine``: see :func:`build_judge_processor`.
+    """
     spec = prompt_spec(cfg)
     score_ids = JudgePrompts(cfg, load_tokenizer(ref), items.slice(0, 1), None).builder.score_ids
     rows = ds.map_batches(
-        PromptRows,
+        SlotRows,
         fn_constructor_kwargs={"cfg": cfg, "ref": ref, "items": items, "users": users},
         batch_size=cfg.batch_size,
-        concurrency=1,
-        num_cpus=1,
+        concurrency=cfg.concurrency,
+        num_cpus=cfg.cpus_per_actor,
     )
-    lora = os.path.basename(cfg.adapter.rstrip("/")) if cfg.adapter else None
+    processor = build_judge_processor(cfg, ref, score_ids, engine)
     identity = (spec.prompt_hash, model_id(cfg), cfg.adapter)
-    processor = build_processor(
-        processor_config(cfg, ref),
-        preprocess=functools.partial(_preprocess, top_logprobs=cfg.top_logprobs, lora=lora),
-        postprocess=functools.partial(
-            _postprocess, aspects=spec.aspects, score_ids=score_ids, identity=identity
-        ),
+    merger = SlotMerger(spec.aspects, len(score_ids))
+    wanted = [*SLOT_COLUMNS, "score_logprobs", "__inference_error__"]
+    batches = processor(rows).iter_batches(
+        batch_size=cfg.batch_size * len(spec.aspects), batch_format="pyarrow"
     )
-    return processor(rows)
+    try:
+        for batch in batches:
+            table = batch.select([c for c in wanted if c in batch.column_names])
+            done = [d for d in map(merger.add, table.to_pylist()) if d is not None]
+            if done:
+                yield score_table(done, spec.aspects, identity)
+        rest = list(merger.leftovers())
+        if rest:
+            yield score_table(rest, spec.aspects, identity)
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()  # stops the streaming executor when the stage leaves early

@@ -10,8 +10,10 @@ import pytest
 
 from sgrec_ray.config import JudgeSection
 from sgrec_ray.judge import engines
-from sgrec_ray.judge.engines import JudgeSetupError, preflight, resolve_model
-from sgrec_ray.judge.scoring import Judge, JudgeRequest, scores_schema
+from sgrec_ray.judge.checks import preflight
+from sgrec_ray.judge.engines import JudgeSetupError, resolve_model
+from sgrec_ray.judge.rows import JudgeRequest, scores_schema
+from sgrec_ray.judge.scoring import Judge
 
 ITEMS = pa.table(
     {
@@ -165,52 +167,3 @@ def test_missing_models_fail_early_with_the_key(tmp_path):
         assert "judge.model" in str(err.value)
     with pytest.raises(JudgeSetupError, match=r"judge\.adapter"):
         preflight(JudgeSection(adapter=str(tmp_path / "lora")))
-
-
-def test_vllm_engine_is_lazy_and_names_the_extra():
-    from sgrec_ray.judge import vllm_engine
-
-    cfg = JudgeSection(engine="vllm")
-    ref = resolve_model(cfg)
-    config = vllm_engine.processor_config(cfg, ref)  # builds on CPU, vLLM or not
-    assert config.engine_kwargs["enable_prefix_caching"] is True
-    assert config.tokenize_stage is False and config.should_continue_on_error is True
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        with pytest.raises(JudgeSetupError, match=r"sgrec-ray\[vllm\]"):
-            preflight(cfg)
-    else:  # pragma: no cover - only where vLLM is installed
-        with pytest.raises(JudgeSetupError, match="GPU"):
-            vllm_engine.require_gpu() if not _has_gpu() else None
-
-
-def _has_gpu() -> bool:
-    import ray
-
-    return ray.is_initialized() and bool(ray.cluster_resources().get("GPU"))
-
-
-def test_vllm_rows_parse_with_the_shared_code():
-    from sgrec_ray.judge.vllm_engine import vllm_row_result
-
-    score_ids = [10, 11, 12]
-    row = {
-        "tokenized_prompt": [1, 2, 3, 4],
-        "slots": [2, 3],
-        "truncated": False,
-        "prompt_logprobs": [
-            None,
-            {5: -1.0},
-            {10: {"logprob": -5.0}, 12: {"logprob": -5.0}},
-            {11: -0.1},
-        ],
-    }
-    ok = vllm_row_result(row, ("profile", "future"), score_ids)
-    assert ok.status == "ok" and ok.aspects == {"profile": 2.0, "future": 2.0}
-    failed = vllm_row_result(row | {"__inference_error__": "CUDA OOM"}, ("profile",), score_ids)
-    assert (failed.status, failed.reason) == ("failed", "engine_error: CUDA OOM")
-    missing = vllm_row_result(
-        row | {"prompt_logprobs": [None] * 4}, ("profile", "future"), score_ids
-    )
-    assert (missing.status, missing.reason) == ("failed", "no_score_token:profile")

@@ -1,0 +1,300 @@
+"""The vLLM judge path on CPU: Ray 2.60's real processor with a fake engine in its engine stage.
+
+Everything from candidate rows to Parquet parts is the production code and Ray's own processor
+(preprocess, stage wrappers, error-row routing, postprocess); only vLLM's engine object is
+replaced (tests/judge/fake_vllm.py), and it scores with the real judge model, so the vLLM path
+must give the transformers engine's scores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from sgrec_ray import storage
+from sgrec_ray.config import JudgeSection, load_config
+from sgrec_ray.data import schema
+from sgrec_ray.judge import stage, vllm_engine
+from sgrec_ray.judge.checks import preflight, require_in_process
+from sgrec_ray.judge.engines import JudgeSetupError, load_tokenizer, resolve_model
+from sgrec_ray.judge.rows import JudgeRequest
+from sgrec_ray.judge.scoring import Judge
+from sgrec_ray.judge.vllm_engine import SlotMerger, lora_plan
+from sgrec_ray.ray_utils import can_get_gpus, gpu_capacity
+from tests.conftest import REPO, S3_BUCKET
+from tests.judge.fake_vllm import FakeEngineStageUDF, PrefixCache
+from tests.judge.test_stage import keys, make_run
+
+VLLM = ["judge.engine=vllm"]
+
+
+class ShortContextEngine(FakeEngineStageUDF):
+    """An engine whose context is too short for the long-history user: vLLM rejects those rows."""
+
+    def normalize_engine_kwargs(self, engine_kwargs):
+        return {**super().normalize_engine_kwargs(engine_kwargs), "max_model_len": 300}
+
+
+def _transformers_scores(ctx, table: pa.Table, adapter: str | None = None) -> dict:
+    """(user, item) → (status, scores, prompt_tokens) from the in-process transformers judge."""
+    cfg = dataclasses.replace(ctx.cfg.judge, engine="transformers", adapter=adapter)
+    items = storage.read_table(ctx.path("data", schema.ITEMS_FILE))
+    users = storage.read_table(ctx.path("data", schema.USERS_FILE))
+    rows = table.to_pylist()
+    requests = [JudgeRequest(r["user_id"], r["history"], r["item_idx"]) for r in rows]
+    results = Judge(cfg, items, users).score(requests)
+    return {
+        (q.user_id, q.item_idx): (r.status, r.aspects, r.prompt_tokens)
+        for q, r in zip(requests, results, strict=True)
+    }
+
+
+def _judge(ctx, engine, **kw) -> dict:
+    items = storage.read_table(ctx.path("data", schema.ITEMS_FILE))
+    users = storage.read_table(ctx.path("data", schema.USERS_FILE))
+    table = stage.build_candidate_table(ctx, ctx.cfg.judge, items.num_rows)
+    ref = resolve_model(ctx.cfg.judge)
+    return stage.judge_pending(ctx, table, items, users, ref, engine=engine, **kw), table
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory, ray_session):
+    """Interrupt the vLLM path after its first part file, then resume it."""
+    ctx = make_run(tmp_path_factory.mktemp("vllm_stage"), VLLM)
+    first, table = _judge(ctx, FakeEngineStageUDF, max_chunks=1)
+    after_first = stage.load_scores(ctx)
+    rest, _ = _judge(ctx, FakeEngineStageUDF)
+    return ctx, table, first, after_first, rest
+
+
+@pytest.mark.integration  # a Ray Data pipeline and the judge model: ~1-3 min
+def test_vllm_path_resumes_and_matches_the_transformers_engine(resumed):
+    ctx, table, first, after_first, rest = resumed
+    scores = stage.load_scores(ctx)
+    assert first["chunks"] == 1 and 0 < after_first.num_rows < table.num_rows
+    assert rest["resumed_pairs"] == after_first.num_rows  # nothing judged twice
+    assert scores.num_rows == table.num_rows == len(set(keys(scores)))
+    assert set(keys(after_first)) <= set(keys(scores))
+    expected = _transformers_scores(ctx, table)
+    aspects = ctx.cfg.judge.aspects
+    for row in scores.to_pylist():
+        status, want, tokens = expected[(row["user_id"], row["item_idx"])]
+        assert row["status"] == status == "ok"
+        assert row["prompt_tokens"] == tokens > 0  # real counts, as the transformers engine's
+        got = [row[a] for a in aspects]
+        np.testing.assert_allclose(got, [want[a] for a in aspects], atol=2e-3)
+    truncated = {r["user_id"] for r in scores.to_pylist() if r["truncated"]}
+    assert truncated == {"c"}  # the long-history user, as with the transformers engine
+    assert set(scores.column("origin").to_pylist()) >= {"target", "random"}
+
+
+@pytest.mark.integration  # a Ray Data pipeline and the judge model: ~1-3 min
+def test_engine_error_rows_are_kept_and_counted_as_failed(tmp_path, ray_session):
+    ctx = make_run(tmp_path, VLLM)
+    stats, table = _judge(ctx, ShortContextEngine)
+    scores = stage.load_scores(ctx)
+    assert scores.num_rows == table.num_rows == stats["judged_pairs"]
+    failed = scores.filter(pc.equal(scores.column("status"), "failed")).to_pylist()
+    assert {r["user_id"] for r in failed} == {"c"}  # only the long prompts exceed the context
+    assert all("maximum model length" in r["reason"] for r in failed)
+    assert all(r["reason"].startswith("engine_error: ") for r in failed)
+    assert all(r["profile"] is None for r in failed)
+    metrics = stage.summarize(
+        scores, ctx.cfg.judge, stats, storage.read_table(ctx.path("data", schema.ITEMS_FILE))
+    )
+    assert metrics["failed"] == len(failed) == 3
+
+
+@pytest.mark.integration  # a Ray Data pipeline and the judge model: ~1-3 min
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_lora_adapters_reach_the_engine_from_any_storage(where, tmp_path, ray_session, s3_server):
+    """A local adapter goes by absolute path, an S3 one through dynamic_lora_loading_path (ray.llm
+    downloads it itself); either way the scores are the transformers engine's merged-adapter ones."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    ref = resolve_model(JudgeSection())
+    model = AutoModelForCausalLM.from_pretrained(ref.path, gguf_file=ref.gguf_file)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    local = tmp_path / "adapters" / "judge-lora"
+    get_peft_model(model, lora).save_pretrained(local)
+    adapter = str(local)
+    if where == "s3":
+        adapter = f"s3://{S3_BUCKET}/lora-test/{tmp_path.name}/judge-lora"
+        storage.upload_dir(str(local), adapter)
+    ctx = make_run(tmp_path / "run", [*VLLM, f"judge.adapter={adapter}", "judge.max_users=1"])
+    _, table = _judge(ctx, FakeEngineStageUDF)
+    scores = stage.load_scores(ctx).to_pylist()
+    expected = _transformers_scores(ctx, table, adapter=str(local))
+    base = _transformers_scores(ctx, table)
+    assert len(scores) == table.num_rows
+    for row in scores:
+        key = (row["user_id"], row["item_idx"])
+        assert row["status"] == "ok", row["reason"]
+        assert row["adapter"] == adapter
+        np.testing.assert_allclose(row["profile"], expected[key][1]["profile"], atol=2e-3)
+    moved = sum(
+        abs(r["profile"] - base[(r["user_id"], r["item_idx"])][1]["profile"]) for r in scores
+    )
+    assert moved > 1e-3  # the adapter was applied, not silently dropped
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests, options, LoRA plan, autoscaling (no engine)
+
+
+def test_requests_keep_the_prefix_cache_and_read_exact_score_tokens():
+    cfg = JudgeSection()
+    ref = resolve_model(cfg)
+    items = pa.table(
+        {
+            "item_idx": pa.array(range(4), pa.int32()),
+            "item_id": list("abcd"),
+            "title": ["Heat", "Alien", "Babe", "Casino"],
+            "text": [""] * 4,
+        }
+    )
+    rows = vllm_engine.SlotRows(cfg, ref, items, None)(
+        {
+            "user_id": ["u1"] * 4,
+            "history": [[0, 1]] * 4,
+            "item_idx": [0, 1, 2, 3],
+            "origin": ["target"] + ["random"] * 3,
+            "split": ["valid"] * 4,
+        }
+    )
+    n_aspects = len(cfg.aspects)
+    assert len(rows["tokenized_prompt"]) == 4 * n_aspects
+    builder = vllm_engine.JudgePrompts(cfg, load_tokenizer(ref), items).builder
+    params = vllm_engine._preprocess({}, builder.score_ids, None)["sampling_params"]
+    assert "prompt_logprobs" not in params  # it would switch the prefix cache off (vLLM 0.29)
+    assert params["logprob_token_ids"] == params["allowed_token_ids"] == builder.score_ids
+    assert params["max_tokens"] == 1
+    # Each slot prompt ends right before its digit: the next token is the score.
+    for k in range(1, n_aspects):
+        a, b = rows["tokenized_prompt"][k - 1], rows["tokenized_prompt"][k]
+        assert b[: len(a)] == a and b[len(a)] in builder.score_ids  # earlier slot: placeholder
+    cache = PrefixCache()
+    for ids in rows["tokenized_prompt"]:
+        cache.lookup(ids)
+    assert cache.hit_rate > 0.6  # one user's 12 requests share most of their blocks
+
+
+def test_slot_merger_joins_any_order_and_fails_error_rows():
+    merger = SlotMerger(("profile", "future"), 3)
+    base = {"user_id": "u", "origin": "target", "split": "valid", "truncated": False}
+    rows = [
+        {**base, "item_idx": 1, "aspect": 1, "prompt_tokens": 9, "score_logprobs": [0.0, -9, -9]},
+        {**base, "item_idx": 2, "aspect": 0, "prompt_tokens": 9, "__inference_error__": "OOM"},
+        {**base, "item_idx": 1, "aspect": 0, "prompt_tokens": 9, "score_logprobs": [-9, -9, 0.0]},
+    ]
+    done = [d for d in map(merger.add, rows) if d is not None]
+    assert len(done) == 1 and done[0][1].status == "ok"
+    assert done[0][1].aspects["profile"] == pytest.approx(3.0, abs=1e-3)
+    assert done[0][1].aspects["future"] == pytest.approx(1.0, abs=1e-3)
+    left = list(merger.leftovers())  # item 2's second aspect never came back
+    assert [(q.item_idx, r.status, r.reason) for q, r, *_ in left] == [
+        (2, "failed", "engine_error: OOM")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"scoring": "generate"}, "judge.scoring"),
+        ({"evidence": True}, "judge.evidence"),
+        ({"gpus_per_actor": 0.5}, "judge.gpus_per_actor"),
+    ],
+)
+def test_options_vllm_cannot_honour_are_refused(override, key):
+    with pytest.raises(JudgeSetupError, match=key.replace(".", r"\.")):
+        vllm_engine.check_options(JudgeSection(engine="vllm", **override))
+
+
+def test_processor_config_honours_the_judge_options(tmp_path):
+    adapter = tmp_path / "a"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 12}))
+    cfg = JudgeSection(
+        engine="vllm", prefix_sharing=False, gpus_per_actor=2, concurrency=3, adapter=str(adapter)
+    )
+    config = vllm_engine.processor_config(cfg, resolve_model(cfg))
+    kw = config.engine_kwargs
+    assert kw["enable_prefix_caching"] is False and kw["tensor_parallel_size"] == 2
+    assert kw["enable_lora"] is True and kw["max_lora_rank"] == 16  # smallest vLLM rank >= 12
+    assert config.dynamic_lora_loading_path is None and config.concurrency == 3
+    assert config.tokenize_stage is False and config.should_continue_on_error is True
+
+
+def test_lora_plan_per_storage(tmp_path):
+    assert lora_plan("s3://b/run/align/adapter/") == vllm_engine.LoraPlan(
+        "s3://b/run/align", "adapter"
+    )
+    assert lora_plan("gs://b/x") == vllm_engine.LoraPlan("gs://b", "x")
+    local = lora_plan(f"file://{tmp_path}/a")
+    assert local == vllm_engine.LoraPlan(None, str(tmp_path / "a"))
+    assert lora_plan("runs/a").model.startswith("/")  # absolute: the worker's cwd differs
+    with pytest.raises(JudgeSetupError, match=r"judge\.adapter"):
+        lora_plan("hdfs://nn/adapter")
+
+
+def test_vllm_not_installed_is_refused_naming_the_extra(ray_session):
+    pytest.importorskip("ray.data.llm")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(JudgeSetupError, match=r"sgrec-ray\[vllm\]"):
+            preflight(JudgeSection(engine="vllm"))
+
+
+def test_gpu_check_counts_autoscaled_gpu_groups(ray_session):
+    """The autoscaler's node groups (what KubeRay's in-tree autoscaler reports to the GCS) count:
+    a GPU group at 0 replicas with maxReplicas 4 passes; without it, the check refuses."""
+    import ray._raylet as raylet
+    from ray.core.generated import autoscaler_pb2
+    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
+
+    cfg = JudgeSection(engine="vllm")
+    assert gpu_capacity() == (0.0, None)  # local Ray: no GPUs, no autoscaler
+    with pytest.raises(JudgeSetupError, match="GPU"):
+        vllm_engine.require_gpu(cfg)
+    config = autoscaler_pb2.ClusterConfig(
+        node_group_configs=[
+            autoscaler_pb2.NodeGroupConfig(name="cpu", resources={"CPU": 8}, max_count=8),
+            autoscaler_pb2.NodeGroupConfig(
+                name="gpu", resources={"CPU": 8, "GPU": 1}, min_count=0, max_count=4
+            ),
+        ]
+    )
+    ns, key = raylet.GCS_AUTOSCALER_STATE_NAMESPACE, raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY
+    _internal_kv_put(key, config.SerializeToString(), namespace=ns)
+    try:
+        assert gpu_capacity() == (0.0, 4.0)
+        vllm_engine.require_gpu(cfg)  # the GPU group can scale up: accepted
+        with pytest.raises(JudgeSetupError, match="8 GPU"):
+            vllm_engine.require_gpu(dataclasses.replace(cfg, gpus_per_actor=8))
+    finally:
+        _internal_kv_del(key, namespace=ns)
+    assert can_get_gpus(1, None) and not can_get_gpus(0, 0) and can_get_gpus(0, 2, need=2)
+
+
+def test_in_process_callers_refuse_vllm_before_any_work(tmp_path, capsys):
+    from sgrec_ray import cli
+    from sgrec_ray.rl import a2po
+
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml",
+        [f"run.storage={tmp_path}", "judge.engine=vllm", "rl.semantic_rate=0.5"],
+    )
+    with pytest.raises(JudgeSetupError, match="reward service"):
+        a2po.check(cfg)
+    require_in_process(dataclasses.replace(cfg.judge, engine="transformers"), "x")  # fine
+    argv = ["annotate", str(REPO / "configs" / "tiny.yaml"), "--set", f"run.storage={tmp_path}"]
+    argv += ["--set", "judge.engine=vllm", "draft", "--out", str(tmp_path / "sheet.csv")]
+    assert cli.main(argv) == 2  # before it even looks for the run's data
+    assert "sgrec annotate draft runs the judge in-process" in capsys.readouterr().err
