@@ -36,8 +36,11 @@ VLLM = ["judge.engine=vllm"]
 class ShortContextEngine(FakeEngineStageUDF):
     """An engine whose context is too short for the long-history user: vLLM rejects those rows."""
 
+    MAX_MODEL_LEN = 300
+
     def normalize_engine_kwargs(self, engine_kwargs):
-        return {**super().normalize_engine_kwargs(engine_kwargs), "max_model_len": 300}
+        kwargs = super().normalize_engine_kwargs(engine_kwargs)
+        return {**kwargs, "max_model_len": self.MAX_MODEL_LEN}
 
 
 def _transformers_scores(ctx, table: pa.Table, adapter: str | None = None) -> dict:
@@ -98,16 +101,29 @@ def test_engine_error_rows_are_kept_and_counted_as_failed(tmp_path, ray_session)
     ctx = make_run(tmp_path, VLLM)
     stats, table = _judge(ctx, ShortContextEngine)
     scores = stage.load_scores(ctx)
-    assert scores.num_rows == table.num_rows == stats["judged_pairs"]
-    failed = scores.filter(pc.equal(scores.column("status"), "failed")).to_pylist()
-    assert {r["user_id"] for r in failed} == {"c"}  # only the long prompts exceed the context
-    assert all("maximum model length" in r["reason"] for r in failed)
-    assert all(r["reason"].startswith("engine_error: ") for r in failed)
-    assert all(r["profile"] is None for r in failed)
-    metrics = stage.summarize(
-        scores, ctx.cfg.judge, stats, storage.read_table(ctx.path("data", schema.ITEMS_FILE))
+    assert scores.num_rows == table.num_rows == stats["judged_pairs"]  # none lost
+    # vLLM rejects the requests of prompts that do not fit its context: their candidates fail.
+    items = storage.read_table(ctx.path("data", schema.ITEMS_FILE))
+    users = storage.read_table(ctx.path("data", schema.USERS_FILE))
+    slots = vllm_engine.SlotRows(ctx.cfg.judge, resolve_model(ctx.cfg.judge), items, users)(
+        table.to_pydict()
     )
-    assert metrics["failed"] == len(failed) == 3
+    too_long = {
+        (u, i)
+        for u, i, ids in zip(
+            slots["user_id"], slots["item_idx"], slots["tokenized_prompt"], strict=True
+        )
+        if len(ids) >= ShortContextEngine.MAX_MODEL_LEN
+    }
+    failed = scores.filter(pc.equal(scores.column("status"), "failed")).to_pylist()
+    assert 0 < len(too_long) < table.num_rows  # the test covers both kinds of rows
+    assert {(r["user_id"], r["item_idx"]) for r in failed} == too_long
+    assert all(
+        r["reason"].startswith("engine_error: ValueError: The decoder prompt") for r in failed
+    )
+    assert all(r["profile"] is None and r["prompt_tokens"] > 0 for r in failed)
+    metrics = stage.summarize(scores, ctx.cfg.judge, stats, items)
+    assert metrics["failed"] == len(failed)
 
 
 @pytest.mark.integration  # a Ray Data pipeline and the judge model: ~1-3 min
