@@ -212,13 +212,24 @@ def _job_config(entrypoint: str) -> tuple[str, Config]:
 def uses_gpus(script: str, cfg: Config) -> bool:
     """Whether the stages a job script runs ask Ray for GPUs under this config."""
     sections = {
+        "train_sasrec": [cfg.sasrec.use_gpu],
         "train_sft": [cfg.sft.use_gpu],
         "evaluate": [cfg.eval.gpus_per_actor > 0],
         "judge_logs": [cfg.judge.engine == "vllm", cfg.judge.gpus_per_actor > 0],
         "align_judge": [cfg.align.use_gpu],
         "train_a2po": [cfg.rl.use_gpu, cfg.aggregate.service_gpus > 0],
-        "experiment": [cfg.sft.use_gpu, cfg.rl.use_gpu, cfg.aggregate.service_gpus > 0],
-        "pipeline": [cfg.sft.use_gpu, cfg.rl.use_gpu, cfg.judge.engine == "vllm"],
+        "experiment": [
+            cfg.sasrec.use_gpu,
+            cfg.sft.use_gpu,
+            cfg.rl.use_gpu,
+            cfg.aggregate.service_gpus > 0,
+        ],
+        "pipeline": [
+            cfg.sasrec.use_gpu,
+            cfg.sft.use_gpu,
+            cfg.rl.use_gpu,
+            cfg.judge.engine == "vllm",
+        ],
     }
     return any(sections.get(script, []))
 
@@ -236,7 +247,7 @@ def gpu_groups(cluster: dict) -> list[str]:
     ]
 
 
-GPU_SCRIPTS = {"train_sft", "judge_logs", "align_judge", "train_a2po", "experiment"}
+GPU_SCRIPTS = {"train_sasrec", "train_sft", "judge_logs", "align_judge", "train_a2po", "experiment"}
 
 
 @pytest.mark.parametrize(("name", "doc"), [(n, d) for n, d in DOCS if d["kind"] == "RayJob"])

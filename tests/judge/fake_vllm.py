@@ -185,7 +185,9 @@ class FakeEngine:
         kw = self.base._cache_kw
         with torch.inference_mode():
             if cache is not None and k > 0:
-                cache.crop(k)
+                drop = cache.get_seq_length() - k
+                if drop > 0:  # transformers 5 crops by the number of tokens to remove (negative)
+                    cache.crop(-drop)
                 out = model(input_ids=torch.tensor([ids[k:]]), use_cache=True, **{kw: cache})
             else:
                 out = model(input_ids=torch.tensor([ids]), use_cache=True)
