@@ -373,6 +373,9 @@ class ServeSection:
     k_max: int = 100
     # Items of a history the model reads (newest kept, response flagged). None = the checkpoint's.
     max_history: int | None = None
+    # Items a request's history may carry; longer histories get 422 (the model reads only the
+    # newest max_history of them, but parsing and resolving a longer list costs the ingress).
+    max_request_history: int = 1000
     max_body_bytes: int = 65536  # larger request bodies get 413
     # @serve.batch: concurrent requests share one beam search. max_batch_size=1 turns batching off.
     max_batch_size: int = 16
@@ -519,9 +522,19 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def validate(cfg: Config) -> Config:
+    """``cfg`` if every numeric key is in its range and every cross-key rule holds (config_rules)."""
+    from sgrec_ray import config_rules
+
+    problems = config_rules.check(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return cfg
+
+
 def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> Config:
     raw = apply_overrides(json.loads(json.dumps(raw or {})), overrides or [])
-    return _build(Config, raw)
+    return validate(_build(Config, raw))
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
