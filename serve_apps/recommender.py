@@ -2,7 +2,8 @@
 
 Two deployments, so each scales on its own resource:
 
-* ``Ingress`` (cheap, async): body size limit, JSON/pydantic validation, HTTP status mapping,
+* ``Ingress`` (cheap, async): bearer-token auth, body size limit, JSON/pydantic validation,
+  HTTP status mapping (any unexpected error: a 500 with a request id, the stack in the log),
   metrics. It never runs the model, so a flood of bad requests costs no model time.
 * ``Model`` (CPU/GPU): holds a :class:`ServingModel`; ``@serve.batch`` gathers concurrent requests
   into one constrained beam search. ``user_config`` drives ``reconfigure()``: a new checkpoint is
@@ -28,14 +29,16 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from sgrec_ray.config import Config, ServeSection, load_config
+from sgrec_ray.serving import gateway
+from sgrec_ray.serving.auth import TokenStore, challenge
 from sgrec_ray.serving.engine import ServingModel
+from sgrec_ray.serving.gateway import Limits, Reply, answer_batch, error, guarded
 from sgrec_ray.serving.metrics import CONTENT_TYPE, AppMetrics
 from sgrec_ray.serving.schema import (
     ErrorResponse,
     RecommendRequest,
     RecommendResponse,
     RequestError,
-    parse_request,
 )
 from sgrec_ray.serving.sources import Sources, resolve_sources
 
@@ -91,22 +94,7 @@ class Model:
     async def recommend(self, requests: list[RecommendRequest]) -> list[dict[str, Any]]:
         """Resolve each request (errors stay per request), then one beam search for the rest."""
         serving = self.serving  # the whole batch uses one model, even if a swap lands meanwhile
-        outcomes: list[dict[str, Any]] = [{} for _ in requests]
-        resolved = []
-        for i, req in enumerate(requests):
-            try:
-                resolved.append((i, serving.resolve(req)))
-            except RequestError as err:
-                outcomes[i] = {"status": err.status, "body": err.body.model_dump(exclude_none=True)}
-        if resolved:
-            answers = await asyncio.to_thread(serving.answer, [q for _, q in resolved])
-            for (i, _), answer in zip(resolved, answers, strict=True):
-                outcomes[i] = {
-                    "status": 200,
-                    "body": answer.model_dump(mode="json"),
-                    "batch_size": len(requests),
-                }
-        return outcomes
+        return await asyncio.to_thread(answer_batch, serving, requests)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -116,9 +104,14 @@ class Model:
             "replica": serve.get_replica_context().replica_id.unique_id,
         }
 
-    def check_health(self) -> None:
-        if self.serving is None:
-            raise RuntimeError("no model loaded")
+    async def probe(self) -> dict[str, Any]:
+        """Decode one tiny request; the model info when it works (``/healthz``)."""
+        await asyncio.to_thread(self.serving.probe)
+        return self.info()
+
+    async def check_health(self) -> None:
+        """Serve's periodic check: decode one tiny request, off the event loop."""
+        await asyncio.to_thread(self.serving.probe)
 
 
 def _load(settings: dict[str, Any], catalogue: Any) -> ServingModel:
@@ -132,9 +125,8 @@ def _load(settings: dict[str, Any], catalogue: Any) -> ServingModel:
     )
 
 
-def _error(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> Response:
-    body = ErrorResponse(error=error, detail=detail).model_dump(exclude_none=True)
-    return JSONResponse(body, status_code=status, headers=headers)
+def _json(reply: Reply) -> Response:
+    return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers or None)
 
 
 _REQUEST_BODY = {
@@ -147,8 +139,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in [
         (400, "malformed JSON"),
+        (401, "missing or invalid bearer token (WWW-Authenticate)"),
         (413, "body larger than serve.max_body_bytes"),
-        (422, "invalid request or unknown item ids"),
+        (422, "invalid request, history over serve.max_request_history, or unknown item ids"),
+        (500, "unexpected server error: the body carries a request_id, the log the stack"),
         (503, "overloaded (Retry-After)"),
     ]
 }
@@ -157,14 +151,48 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 @serve.deployment(name="Ingress")
 @serve.ingress(api)
 class Ingress:
-    """HTTP edge: validation, status codes, metrics. Holds no model."""
+    """HTTP edge: authentication, validation, status codes, metrics. Holds no model."""
 
     def __init__(self, model: DeploymentHandle, settings: dict[str, Any]) -> None:
         self.model = model
         self.max_body_bytes = int(settings["max_body_bytes"])
-        self.k_default, self.k_max = int(settings["k_default"]), int(settings["k_max"])
+        self.limits = Limits(
+            int(settings["k_default"]), int(settings["k_max"]), int(settings["max_request_history"])
+        )
         self.retry_after = str(max(1, round(float(settings["retry_after_s"]))))
         self.metrics = AppMetrics()
+        self.metrics_open = not settings["metrics_auth"]
+        # Raises AuthConfigError when auth is on and no token is found: the deploy fails loudly.
+        self.tokens = (
+            TokenStore.load(settings["auth_tokens_env"], settings["auth_tokens_file"])
+            if settings["auth"]
+            else None
+        )
+        if self.tokens is None:
+            log.warning("auth: OFF (sgrec serve --demo on a loopback address); anyone may call")
+        else:
+            log.info("auth: bearer tokens required (%d valid)", len(self.tokens.tokens()))
+
+    def _denied(self, request: Request) -> Reply | None:
+        """A 401 reply unless the request carries a valid bearer token (or auth is off)."""
+        if self.tokens is None:
+            return None
+        allowed = self.tokens.allows(request.headers.get("authorization"))
+        if allowed:
+            return None
+        detail = "missing bearer token" if allowed is None else "invalid bearer token"
+        return error(401, "unauthorized", detail, challenge(allowed))
+
+    async def _serve(self, endpoint: str, request: Request, handler: Any) -> Response:
+        """Auth, then ``handler()`` guarded (500 + request id), timed and counted."""
+        start = time.perf_counter()
+
+        async def checked() -> Reply:
+            return self._denied(request) or await handler()
+
+        reply = await guarded(endpoint, checked, self.metrics.observe_internal_error)
+        self.metrics.observe_request(endpoint, reply.status, time.perf_counter() - start)
+        return _json(reply)
 
     @api.post(
         "/v1/recommend",
@@ -174,30 +202,26 @@ class Ingress:
         summary="Top-k items for a user id or an item history",
     )
     async def recommend(self, request: Request) -> Response:
-        start = time.perf_counter()
-        response = await self._recommend(request)
-        self.metrics.observe_request("recommend", response.status_code, time.perf_counter() - start)
-        return response
+        return await self._serve("recommend", request, lambda: self._recommend(request))
 
-    async def _recommend(self, request: Request) -> Response:
+    async def _recommend(self, request: Request) -> Reply:
         try:
             raw = await self._read_body(request)
-            req = parse_request(raw, self.k_default, self.k_max)
-            outcome = await self.model.recommend.remote(req)
+            reply = await gateway.recommend(raw, self.limits, self.model.recommend.remote)
         except RequestError as err:
-            return JSONResponse(err.body.model_dump(exclude_none=True), status_code=err.status)
+            return Reply(err.status, err.body.model_dump(exclude_none=True))
         except BackPressureError:
-            return _error(
+            return error(
                 503,
                 "overloaded",
                 "the model replicas are at capacity; retry later",
                 {"Retry-After": self.retry_after},
             )
-        if outcome["status"] == 200:
-            self.metrics.observe_batch(outcome["batch_size"])
-            if outcome["body"]["fallback_reason"]:
-                self.metrics.observe_fallback(outcome["body"]["fallback_reason"])
-        return JSONResponse(outcome["body"], status_code=outcome["status"])
+        if reply.batch_size is not None:
+            self.metrics.observe_batch(reply.batch_size)
+            if reply.body.get("fallback_reason"):
+                self.metrics.observe_fallback(reply.body["fallback_reason"])
+        return reply
 
     async def _read_body(self, request: Request) -> bytes:
         """The body, or 413 as soon as it passes the limit (by header, or counted for chunked)."""
@@ -218,20 +242,26 @@ class Ingress:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    @api.get("/v1/model", summary="The checkpoint a model replica serves")
-    async def model_info(self) -> dict[str, Any]:
-        return await self.model.info.remote()
+    @api.get("/v1/model", summary="The checkpoint a model replica serves", responses=_ERRORS)
+    async def model_info(self, request: Request) -> Response:
+        async def info() -> Reply:
+            return Reply(200, await self.model.info.remote())
 
-    @api.get("/healthz", summary="200 when a model replica answers")
+        return await self._serve("model", request, info)
+
+    @api.get("/healthz", summary="200 when a model replica decodes a tiny request (no auth)")
     async def healthz(self) -> Response:
         try:
-            info = await asyncio.wait_for(self.model.info.remote(), timeout=5.0)
+            info = await asyncio.wait_for(self.model.probe.remote(), timeout=10.0)
         except Exception as err:  # any failure to reach a replica means "not healthy"
-            return _error(503, "unhealthy", f"model not reachable: {type(err).__name__}")
+            return _json(error(503, "unhealthy", f"model not answering: {type(err).__name__}"))
         return JSONResponse({"status": "ok", "checkpoint_id": info["checkpoint_id"]})
 
     @api.get("/metrics", summary="Prometheus text: this ingress replica's app metrics")
-    async def metrics(self) -> Response:
+    async def metrics(self, request: Request) -> Response:
+        denied = None if self.metrics_open else self._denied(request)
+        if denied:
+            return _json(denied)
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
 
@@ -248,12 +278,17 @@ def _scaling(s: ServeSection) -> dict[str, Any]:
 
 
 def build_app(
-    cfg: Config, sources: Sources | None = None, user_config: dict[str, Any] | None = None
+    cfg: Config,
+    sources: Sources | None = None,
+    user_config: dict[str, Any] | None = None,
+    auth: bool = True,
 ) -> serve.Application:
     """The application for ``cfg.serve``: sources resolved here, once, into absolute URIs.
 
     ``user_config`` (keys in RELOAD_KEYS, LIVE_KEYS) overrides the build defaults in the replicas;
     redeploying with only it changed reconfigures running replicas instead of replacing them.
+    ``auth=False`` is for ``sgrec serve --demo`` on a loopback address only (the CLI checks that);
+    every other path, Serve config files and the RayService included, requires bearer tokens.
     """
     s = cfg.serve
     sources = sources or resolve_sources(cfg)
@@ -291,7 +326,12 @@ def build_app(
             "max_body_bytes": s.max_body_bytes,
             "k_default": s.k_default,
             "k_max": s.k_max,
+            "max_request_history": s.max_request_history,
             "retry_after_s": s.retry_after_s,
+            "auth": auth,
+            "auth_tokens_env": s.auth_tokens_env,
+            "auth_tokens_file": s.auth_tokens_file,
+            "metrics_auth": s.metrics_auth,
         },
     )
 

@@ -105,9 +105,19 @@ def _serve(config: str, overrides: list[str], demo: bool) -> int:
 
     from serve_apps.recommender import build_app
     from sgrec_ray.ray_utils import ensure_ray
+    from sgrec_ray.serving.auth import AuthConfigError, TokenStore, demo_without_auth
     from sgrec_ray.serving.sources import resolve_sources
 
     s = cfg.serve
+    token = None
+    if demo_without_auth(demo, s.host, s.auth_tokens_env, s.auth_tokens_file):
+        print(f"auth off: --demo on loopback {s.host}; set {s.auth_tokens_env} to require tokens")
+    else:
+        try:  # fail here, in seconds, rather than in a replica that never becomes healthy
+            token = TokenStore.load(s.auth_tokens_env, s.auth_tokens_file).tokens()[0]
+        except AuthConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     try:
         sources = resolve_sources(cfg)
     except FileNotFoundError as err:
@@ -117,12 +127,13 @@ def _serve(config: str, overrides: list[str], demo: bool) -> int:
     serve.start(
         http_options={"host": s.host, "port": s.port, "request_timeout_s": s.request_timeout_s}
     )
-    serve.run(build_app(cfg, sources), name=s.app_name, route_prefix=s.route_prefix)
+    app = build_app(cfg, sources, auth=token is not None)
+    serve.run(app, name=s.app_name, route_prefix=s.route_prefix)
     url = f"http://{s.host}:{s.port}{s.route_prefix.rstrip('/')}"
     print(f"serving {sources.checkpoint} at {url}/v1/recommend (docs: {url}/docs)")
     try:
         if demo:
-            _demo_request(url, sources.data)
+            _demo_request(url, sources.data, token)
         else:
             print("Ctrl-C stops the endpoint")
             while True:
@@ -134,7 +145,7 @@ def _serve(config: str, overrides: list[str], demo: bool) -> int:
     return 0
 
 
-def _demo_request(url: str, data_uri: str) -> None:
+def _demo_request(url: str, data_uri: str, token: str | None) -> None:
     """One real request for the first user of the data, printed as a curl call and its answer."""
     import urllib.request
 
@@ -143,10 +154,13 @@ def _demo_request(url: str, data_uri: str) -> None:
 
     users = storage.read_table(storage.join(data_uri, INTERACTIONS_FILE), columns=["user_id"])
     body = json.dumps({"user_id": users.column("user_id")[0].as_py(), "k": 5})
-    print(f"\n$ curl -s {url}/v1/recommend -H 'content-type: application/json' -d '{body}'")
-    request = urllib.request.Request(
-        f"{url}/v1/recommend", body.encode(), {"content-type": "application/json"}
-    )
+    headers = {"content-type": "application/json"}
+    auth = ""
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+        auth = ' -H "authorization: Bearer <token>"'
+    print(f"\n$ curl -s {url}/v1/recommend -H 'content-type: application/json'{auth} -d '{body}'")
+    request = urllib.request.Request(f"{url}/v1/recommend", body.encode(), headers)
     with urllib.request.urlopen(request, timeout=60) as response:  # stdlib: no extra dependency
         print(json.dumps(json.load(response), indent=2))
 

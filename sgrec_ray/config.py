@@ -360,6 +360,12 @@ class ServeSection:
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # Bearer tokens (several at once, for rotation): from this environment variable (comma- or
+    # space-separated) and/or this file (one per line: a Kubernetes Secret mounted as a volume,
+    # re-read when it changes). Required everywhere except `sgrec serve --demo` on loopback.
+    auth_tokens_env: str = "SGREC_API_TOKENS"
+    auth_tokens_file: str | None = None
+    metrics_auth: bool = True  # false: /metrics is open (e.g. to an in-cluster Prometheus)
     app_name: str = "sgrec"
     route_prefix: str = "/"
     # Generator checkpoint URI. None = the newest stage output that exists: a2po, else sft.

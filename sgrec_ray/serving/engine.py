@@ -117,6 +117,19 @@ class ServingModel:
             fallback_reason=reason,
         )
 
+    def probe(self) -> RecommendResponse:
+        """Decode one tiny request (the most popular item as history, k=1) end to end.
+
+        A health check that only asks "is a model object there" passes for a replica whose model
+        cannot decode (a broken swap, a corrupted tensor); this one runs the real path.
+        """
+        item = self.catalogue.item_ids[int(self.catalogue.popularity[0])]
+        req = RecommendRequest(history=[item], k=1, exclude_seen=False)
+        (answer,) = self.answer([self.resolve(req)])
+        if len(answer.items) != 1 or answer.fallback is not None:
+            raise RuntimeError(f"health probe: expected one generated item, got {answer}")
+        return answer
+
     def answer(self, queries: list[Query]) -> list[RecommendResponse]:
         """Responses in query order; generator queries of equal beam width share one search."""
         ranked: list[list[tuple[int, float | None]]] = [[] for _ in queries]

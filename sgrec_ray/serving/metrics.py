@@ -51,6 +51,12 @@ class AppMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.internal_errors = Counter(
+            "sgrec_internal_errors",
+            "Unexpected server errors (500s) by endpoint; stacks are in the replica log",
+            ["endpoint"],
+            registry=self.registry,
+        )
         self._ray = _RayMirror() if ray_export else None
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
@@ -68,6 +74,11 @@ class AppMetrics:
         self.fallbacks.labels(reason).inc()
         if self._ray:
             self._ray.fallback(reason)
+
+    def observe_internal_error(self, endpoint: str) -> None:
+        self.internal_errors.labels(endpoint).inc()
+        if self._ray:
+            self._ray.internal_error(endpoint)
 
     def render(self) -> bytes:
         """Prometheus text exposition of this replica's app metrics."""
@@ -99,6 +110,9 @@ class _RayMirror:
         self.fallbacks = metrics.Counter(
             "sgrec_fallbacks", description="Popularity fallbacks", tag_keys=("reason",)
         )
+        self.internal_errors = metrics.Counter(
+            "sgrec_internal_errors", description="Unexpected 500s", tag_keys=("endpoint",)
+        )
 
     def request(self, endpoint: str, status: int, seconds: float) -> None:
         self.latency.observe(seconds, tags={"endpoint": endpoint})
@@ -109,3 +123,6 @@ class _RayMirror:
 
     def fallback(self, reason: str) -> None:
         self.fallbacks.inc(tags={"reason": reason})
+
+    def internal_error(self, endpoint: str) -> None:
+        self.internal_errors.inc(tags={"endpoint": endpoint})

@@ -24,6 +24,7 @@ from pydantic import (
 
 Id = StrictStr | StrictInt
 MAX_ID_CHARS = 256  # longer "ids" are garbage; rejecting them keeps error messages short
+MAX_REQUEST_HISTORY = 1000  # serve.max_request_history's default, when no context gives one
 
 
 def _as_id(value: str | int, what: str) -> str:
@@ -55,8 +56,13 @@ class RecommendRequest(BaseModel):
 
     @field_validator("history")
     @classmethod
-    def _history(cls, v: list[str | int] | None) -> list[str] | None:
-        return None if v is None else [_as_id(x, "item id") for x in v]
+    def _history(cls, v: list[str | int] | None, info: ValidationInfo) -> list[str] | None:
+        if v is None:
+            return None
+        limit = int((info.context or {}).get("max_history", MAX_REQUEST_HISTORY))
+        if len(v) > limit:
+            raise ValueError(f"history has {len(v)} items; at most {limit} are accepted")
+        return [_as_id(x, "item id") for x in v]
 
     @field_validator("k")
     @classmethod
@@ -115,6 +121,7 @@ class ErrorResponse(BaseModel):
     detail: str
     errors: list[dict[str, Any]] | None = None  # pydantic's error list for invalid_request
     unknown_item_ids: list[str] | None = None
+    request_id: str | None = None  # internal errors: quote it to find the logged stack trace
 
 
 class RequestError(Exception):
@@ -126,12 +133,13 @@ class RequestError(Exception):
         self.body = body
 
 
-def parse_request(raw: bytes, k_default: int, k_max: int) -> RecommendRequest:
+def parse_request(
+    raw: bytes, k_default: int, k_max: int, max_history: int = MAX_REQUEST_HISTORY
+) -> RecommendRequest:
     """Parse and validate a body; raise :class:`RequestError` (400 bad JSON, 422 invalid)."""
+    context = {"k_default": k_default, "k_max": k_max, "max_history": max_history}
     try:
-        return RecommendRequest.model_validate_json(
-            raw, context={"k_default": k_default, "k_max": k_max}
-        )
+        return RecommendRequest.model_validate_json(raw, context=context)
     except ValidationError as err:
         # Inputs are left out of the echoed errors: they can be large and are the client's anyway.
         errors = err.errors(include_url=False, include_context=False, include_input=False)

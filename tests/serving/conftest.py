@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ TEST_SERVE = [
     "serve.max_body_bytes=4096",
     "serve.beam_width=10",
     "serve.cpus_per_replica=0.5",
+    "serve.max_request_history=500",
 ]
 
 
@@ -29,15 +31,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def deploy_config(run: RunContext, port: int, user_config: dict[str, Any]) -> dict[str, Any]:
+# Two valid tokens at once, as during a rotation; the file stands in for a mounted Secret.
+TOKENS = ("test-token-old-0123456789abcdef", "test-token-new-fedcba9876543210")
+
+
+def write_tokens(path: Path, tokens: tuple[str, ...]) -> str:
+    path.write_text("# one token per line\n" + "\n".join(tokens) + "\n")
+    return str(path)
+
+
+def bearer(token: str = TOKENS[0]) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def deploy_config(
+    run: RunContext,
+    port: int,
+    user_config: dict[str, Any],
+    tokens_file: str,
+    extra: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """serve_apps/config.yaml pointed at the tiny run, with the test limits (the code's defaults
-    from TEST_SERVE, so the file's production limits are dropped) and the given user_config."""
+    from TEST_SERVE, so the file's production limits are dropped), bearer tokens from
+    ``tokens_file`` and the given user_config."""
     config = yaml.safe_load((REPO / "serve_apps" / "config.yaml").read_text())
     config["http_options"] = {"host": "127.0.0.1", "port": port, "request_timeout_s": 30}
     (app,) = config["applications"]
     app["args"] = {
         "config": str(REPO / "configs" / "tiny.yaml"),
-        "overrides": [f"run.storage={run.cfg.run.storage}", *TEST_SERVE, f"serve.port={port}"],
+        "overrides": [
+            f"run.storage={run.cfg.run.storage}",
+            *TEST_SERVE,
+            f"serve.port={port}",
+            f"serve.auth_tokens_file={tokens_file}",
+            *extra,
+        ],
     }
     app["deployments"] = [{"name": "Model", "user_config": user_config}]
     return config
@@ -57,13 +85,20 @@ BATCHING = {"max_batch_size": 2, "batch_wait_timeout_s": 0.05}
 
 
 @pytest.fixture(scope="module")
-def served(tiny_run, ray_session):
+def tokens_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("secret") / "tokens"
+    write_tokens(path, TOKENS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def served(tiny_run, ray_session, tokens_file):
     """(base URL, deploy config) of the app on a free loopback port; one app per test module."""
     import httpx
     from ray import serve
 
     port = free_port()
-    config = deploy_config(tiny_run, port, dict(BATCHING))
+    config = deploy_config(tiny_run, port, dict(BATCHING), str(tokens_file))
     deploy(config)
     url = f"http://127.0.0.1:{port}"
     assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200

@@ -1,28 +1,28 @@
-"""The app on a real local Ray Serve over HTTP: happy path, every bad input, fuzzing, metrics,
-overload, hot reload. One app for the module (see conftest.served); tests that change the
-deployment (overload, reload) come last.
+"""The app on a real local Ray Serve over HTTP: auth, happy path, every bad input, fuzzing,
+metrics, overload, hot reload. One app for the module (see conftest.served); each test makes the
+traffic it asserts on, so the order they run in does not matter.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import os
 import shutil
 import time
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from sgrec_ray.serving.catalogue import load_catalogue
-from tests.serving.conftest import BATCHING, deploy
+from tests.serving.conftest import BATCHING, TOKENS, bearer, deploy, write_tokens
+from tests.serving.strategies import bodies
 
 
 @pytest.fixture(scope="module")
 def client(served):
     url, _ = served
-    with httpx.Client(base_url=url, timeout=30) as c:
+    with httpx.Client(base_url=url, timeout=30, headers=bearer()) as c:
         yield c
 
 
@@ -85,6 +85,58 @@ def test_popularity_fallback_is_flagged(client, catalogue, body, reason):
     assert all(it["score"] is None for it in out["items"])
 
 
+@pytest.mark.parametrize("path", ["/v1/model", "/metrics"])
+def test_no_token_is_a_401_with_a_bearer_challenge(served, path):
+    url, _ = served
+    r = httpx.get(f"{url}{path}", timeout=30)
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == 'Bearer realm="sgrec"'
+    assert r.json()["error"] == "unauthorized"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Bearer wrong-token-0000000000000000",
+        f"Basic {TOKENS[0]}",
+        "Bearer ",
+        f"Bearer {TOKENS[0]}x",
+    ],
+)
+def test_wrong_token_is_a_401_and_never_reaches_the_model(served, header):
+    url, _ = served
+    r = httpx.post(
+        f"{url}/v1/recommend", json={"user_id": "1"}, headers={"authorization": header}, timeout=30
+    )
+    assert r.status_code == 401, r.text
+    assert 'error="invalid_token"' in r.headers["www-authenticate"]
+
+
+def test_both_rotation_tokens_work_and_healthz_is_open(served):
+    url, _ = served
+    for token in TOKENS:
+        r = httpx.post(f"{url}/v1/recommend", json={"history": []}, headers=bearer(token))
+        assert r.status_code == 200, r.text
+    assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200  # probes carry no token
+
+
+def test_rotating_the_mounted_file_needs_no_restart(served, client, tokens_file):
+    """A Secret update rewrites the mounted file: the next request sees the new token set."""
+    url, _ = served
+    replica = client.get("/v1/model").json()["replica"]
+    newest = "test-token-newest-00112233445566"
+    try:
+        write_tokens(tokens_file, (TOKENS[0], newest))  # rotate: drop TOKENS[1], add newest
+        os.utime(tokens_file, (time.time() + 5, time.time() + 5))  # a new mtime, even within 1 s
+        r = httpx.get(f"{url}/v1/model", headers=bearer(newest), timeout=30)
+        assert r.status_code == 200 and r.json()["replica"] == replica
+        assert httpx.get(f"{url}/v1/model", headers=bearer(TOKENS[1])).status_code == 401
+    finally:
+        write_tokens(tokens_file, TOKENS)
+        os.utime(tokens_file, (time.time() + 10, time.time() + 10))
+    assert httpx.get(f"{url}/v1/model", headers=bearer(TOKENS[1])).status_code == 200
+
+
 BAD = [
     (b"{not json", 400, "invalid_json"),
     (b"", 400, "invalid_json"),
@@ -108,6 +160,7 @@ BAD = [
     (b'{"user_id": 1, "extra": 1}', 422, "invalid_request"),
     (b'{"history": ["1", "no-such-item", "also-missing"]}', 422, "unknown_items"),
     (b'{"history": [' + b"1," * 2100 + b"1]}", 413, "too_large"),
+    (b'{"history": [' + b'"1",' * 600 + b'"1"]}', 422, "invalid_request"),  # > max_request_history
 ]
 
 
@@ -135,36 +188,10 @@ def test_chunked_body_over_the_limit_is_413(client):
     assert r.status_code == 413
 
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda kids: (
-        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids, max_size=3)
-    ),
-    max_leaves=12,
-)
-
-
-@st.composite
-def bodies(draw, item_ids: list[str]) -> bytes:
-    """Mostly plausible requests with wrong parts, sometimes raw garbage."""
-    if draw(st.integers(0, 9)) == 0:
-        return draw(st.binary(max_size=64))
-    keys = draw(st.sets(st.sampled_from(["user_id", "history", "k", "exclude_seen", "x"])))
-    real_id = st.sampled_from(item_ids)
-    value = {
-        "user_id": st.one_of(st.text(max_size=6), st.integers(0, 2000), JSON),
-        "history": st.one_of(
-            st.lists(st.one_of(real_id, st.integers(-5, 2000)), max_size=30), JSON
-        ),
-        "k": st.one_of(st.integers(-3, 60), JSON),
-        "exclude_seen": st.one_of(st.booleans(), JSON),
-        "x": JSON,
-    }
-    return json.dumps({key: draw(value[key]) for key in keys}).encode()
-
-
 def test_fuzzed_bodies_never_get_a_5xx(client, catalogue):
-    @settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
+    """The same invariant as tests/serving/test_fuzz.py (thousands in-process), over real HTTP."""
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
     @given(raw=bodies(catalogue.item_ids))
     def check(raw: bytes) -> None:
         r = client.post("/v1/recommend", content=raw)
@@ -186,13 +213,19 @@ def test_health_model_and_docs(client):
 
 async def _burst(url: str, bodies: list[dict], timeout: float = 60) -> list[httpx.Response]:
     async with httpx.AsyncClient(
-        base_url=url, timeout=timeout, limits=httpx.Limits(max_connections=len(bodies))
+        base_url=url,
+        timeout=timeout,
+        limits=httpx.Limits(max_connections=len(bodies)),
+        headers=bearer(),
     ) as c:
         return await asyncio.gather(*(c.post("/v1/recommend", json=b) for b in bodies))
 
 
 def test_concurrent_requests_share_batches_and_metrics(served, client, catalogue):
     url, _ = served
+    # This test makes every kind of traffic it asserts on (no reliance on earlier tests).
+    assert _post(client, {"user_id": 1, "k": 0}).status_code == 422
+    assert _post(client, {"user_id": "no-such-user"}).status_code == 200
     users = list(catalogue.histories)[:6]
     statuses = [r.status_code for r in asyncio.run(_burst(url, [{"user_id": u} for u in users]))]
     assert set(statuses) <= {200, 503}
@@ -246,7 +279,7 @@ def test_hot_reload_under_load_drops_nothing(served, client, catalogue, tiny_run
         return statuses
 
     async def scenario() -> list[int]:
-        async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+        async with httpx.AsyncClient(base_url=url, timeout=60, headers=bearer()) as c:
             callers = [asyncio.create_task(caller(c, n)) for n in range(3)]
             await asyncio.sleep(0.5)
             await asyncio.to_thread(deploy, {**config, "applications": [new_app]})
@@ -258,10 +291,18 @@ def test_hot_reload_under_load_drops_nothing(served, client, catalogue, tiny_run
             stop.set()
             return [s for result in await asyncio.gather(*callers) for s in result]
 
-    statuses = asyncio.run(scenario())
-    after = client.get("/v1/model").json()
+    try:
+        statuses = asyncio.run(scenario())
+        after = client.get("/v1/model").json()
+    finally:  # back to the run's checkpoint, so tests after this one see the module's app
+        deploy(config)
+        for _ in range(300):  # deploy returns when RUNNING; the reconfigure may still be loading
+            if client.get("/v1/model").json()["checkpoint_uri"] == before["checkpoint_uri"]:
+                break
+            time.sleep(0.1)
     assert after["checkpoint_uri"] == new_ckpt and after["stage"] is None
     assert statuses and set(statuses) == {200}, statuses
     assert after["replica"] == before["replica"]  # reconfigured in place, not restarted
     assert after["checkpoint_id"] != before["checkpoint_id"]
     assert after["checkpoint_id"] in seen_ids  # callers were answered by the new model too
+    assert client.get("/v1/model").json()["checkpoint_uri"] == before["checkpoint_uri"]

@@ -1,0 +1,106 @@
+"""The request path of the endpoint as plain functions: body in, status and JSON out.
+
+Why outside the Serve classes: the same code runs in the ``Ingress``/``Model`` deployments and,
+in-process, under a fuzz test that sends thousands of bodies through it (real HTTP on a shared
+2-core machine manages a few dozen a second). Serve only adds transport, batching and replicas.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sgrec_ray.serving.engine import ServingModel
+from sgrec_ray.serving.schema import ErrorResponse, RecommendRequest, RequestError, parse_request
+
+log = logging.getLogger("ray.serve")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a request may ask for (serve.k_default, serve.k_max, serve.max_request_history)."""
+
+    k_default: int
+    k_max: int
+    max_history: int
+
+
+@dataclass
+class Reply:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    batch_size: int | None = None  # requests that shared this answer's beam search (200 only)
+
+
+def error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Reply:
+    body = ErrorResponse(error=code, detail=detail).model_dump(exclude_none=True)
+    return Reply(status, body, headers or {})
+
+
+def answer_batch(serving: ServingModel, requests: list[RecommendRequest]) -> list[dict[str, Any]]:
+    """Resolve each request (errors stay per request), then one beam search for the rest.
+
+    Returns one outcome per request: ``{"status", "body"}`` plus ``batch_size`` for a 200.
+    """
+    outcomes: list[dict[str, Any]] = [{} for _ in requests]
+    resolved = []
+    for i, req in enumerate(requests):
+        try:
+            resolved.append((i, serving.resolve(req)))
+        except RequestError as err:
+            outcomes[i] = {"status": err.status, "body": err.body.model_dump(exclude_none=True)}
+    if resolved:
+        answers = serving.answer([q for _, q in resolved])
+        for (i, _), answer in zip(resolved, answers, strict=True):
+            outcomes[i] = {
+                "status": 200,
+                "body": answer.model_dump(mode="json"),
+                "batch_size": len(requests),
+            }
+    return outcomes
+
+
+async def recommend(
+    raw: bytes,
+    limits: Limits,
+    call_model: Callable[[RecommendRequest], Awaitable[dict[str, Any]]],
+) -> Reply:
+    """Validate ``raw`` and ask the model; client errors become 4xx replies, never exceptions."""
+    try:
+        req = parse_request(raw, limits.k_default, limits.k_max, limits.max_history)
+        outcome = await call_model(req)
+    except RequestError as err:
+        return Reply(err.status, err.body.model_dump(exclude_none=True))
+    return Reply(outcome["status"], outcome["body"], batch_size=outcome.get("batch_size"))
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+async def guarded(
+    endpoint: str,
+    handler: Callable[[], Awaitable[Reply]],
+    on_internal_error: Callable[[str], None],
+) -> Reply:
+    """``handler()``, or a 500 carrying only a request id when it raises anything unexpected.
+
+    The stack trace goes to the log under that id (grep the replica log for it); the client sees
+    no exception text, paths or class names. ``on_internal_error(endpoint)`` counts it.
+    """
+    try:
+        return await handler()
+    except Exception:
+        request_id = new_request_id()
+        log.exception("internal error on %s, request_id=%s", endpoint, request_id)
+        on_internal_error(endpoint)
+        body = ErrorResponse(
+            error="internal",
+            detail="unexpected server error; quote the request_id when reporting it",
+            request_id=request_id,
+        ).model_dump(exclude_none=True)
+        return Reply(500, body, {"X-Request-ID": request_id})
