@@ -1,7 +1,12 @@
-"""Artifacts by URI: local paths, ``file://`` and ``s3://`` through one pyarrow filesystem layer.
+"""Artifacts by URI: local paths, ``file://``, ``s3://``, ``gs://`` and every fsspec protocol
+(``abfs://``, ``az://``, ``http(s)://``, ``memory://``, ...) through one pyarrow filesystem layer.
 
 Every stage reads and writes through these helpers, so a run that works on a laptop works unchanged
-against S3 (or an S3-compatible store: pyarrow honours ``AWS_ENDPOINT_URL``) on a cluster.
+against object storage on a cluster. ``s3://`` and ``gs://`` use pyarrow's own filesystems (the
+ones Ray Train's storage uses; pyarrow honours ``AWS_ENDPOINT_URL`` for S3-compatible stores);
+any other scheme goes through fsspec, wrapped as a pyarrow filesystem, so the helpers below need
+no second code path. Azure needs ``adlfs`` installed (fsspec names the package when it is missing);
+``http(s)://`` is read-only.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from sgrec_ray.errors import StorageError
 
 
 def is_remote(uri: str) -> bool:
@@ -35,12 +42,37 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
+# Schemes served by pyarrow's built-in filesystems; every other scheme goes through fsspec.
+PYARROW_SCHEMES = ("s3", "gs", "gcs")
+
+
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem for ``uri`` and the path within it."""
+    """The pyarrow filesystem for ``uri`` and the path within it; StorageError for a bad URI."""
     uri = normalize(uri)
     if not is_remote(uri):
         return pafs.LocalFileSystem(), uri
-    return pafs.FileSystem.from_uri(uri)
+    scheme = uri.split("://", 1)[0].lower()
+    if scheme in PYARROW_SCHEMES:
+        try:
+            return pafs.FileSystem.from_uri(uri)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+            raise StorageError(f"{uri}: not a usable {scheme}:// URI ({err})") from err
+    return _fsspec(uri, scheme)
+
+
+def _fsspec(uri: str, scheme: str) -> tuple[pafs.FileSystem, str]:
+    import fsspec
+
+    try:
+        fs = fsspec.filesystem(scheme)
+    except ImportError as err:  # a known protocol whose package is not installed
+        raise StorageError(f"{uri}: {scheme}:// needs an extra package: {err}") from err
+    except ValueError as err:  # fsspec: "Protocol not known"
+        raise StorageError(
+            f"{uri}: unknown storage scheme {scheme!r}; use a local path, file://, s3://, gs://, "
+            "abfs://, http(s):// or another fsspec protocol"
+        ) from err
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), fs._strip_protocol(uri)
 
 
 def exists(uri: str) -> bool:
@@ -107,6 +139,9 @@ def write_json(uri: str, obj: Any) -> None:
 
 
 def read_table(uri: str, columns: list[str] | None = None) -> pa.Table:
+    if normalize(uri).startswith(("http://", "https://")):
+        # Plain web servers need not support range requests, which seeking in Parquet needs.
+        return pq.read_table(pa.BufferReader(read_bytes(uri)), columns=columns)
     fs, path = filesystem(uri)
     return pq.read_table(path, filesystem=fs, columns=columns)
 
