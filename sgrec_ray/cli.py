@@ -11,8 +11,32 @@ import argparse
 import json
 import logging
 import sys
+import traceback
+from collections.abc import Callable
 
 from sgrec_ray.config import ConfigError, load_config
+from sgrec_ray.errors import is_user_error, one_line
+
+
+def _guarded(fn: Callable[[], int], debug: bool) -> int:
+    """Run a command; an error the user can fix is one ``error:`` line (exit 2), its traceback
+    only with ``--debug``. Anything else is a bug and propagates with its traceback."""
+    try:
+        return fn()
+    except Exception as err:
+        if not is_user_error(err):
+            raise
+        if debug:
+            traceback.print_exc()
+        print(one_line(err), file=sys.stderr)
+        return 2
+
+
+# --debug on every subcommand (argparse parents), so it can go anywhere after the subcommand.
+_DEBUG = argparse.ArgumentParser(add_help=False)
+_DEBUG.add_argument(
+    "--debug", action="store_true", help="show the traceback of errors (normally one line)"
+)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -64,13 +88,14 @@ def _run(config: str, overrides: list[str], stages: str | None, force: bool) -> 
 def job_main(default_stages: str | None, argv: list[str] | None = None) -> int:
     """Entry point of ``jobs/*.py``: ``--config`` plus the same flags as ``sgrec run``."""
     p = argparse.ArgumentParser(
-        description=f"sgrec-ray job (stages: {default_stages or 'data,sasrec,sid,sft,eval'})"
+        description=f"sgrec-ray job (stages: {default_stages or 'data,sasrec,sid,sft,eval'})",
+        parents=[_DEBUG],
     )
     p.add_argument("--config", required=True, help="experiment YAML, e.g. configs/ml100k.yaml")
     _add_run_args(p, default_stages)
     args = p.parse_args(argv)
     _setup_logging(args.verbose)
-    return _run(args.config, args.overrides, args.stages, args.force)
+    return _guarded(lambda: _run(args.config, args.overrides, args.stages, args.force), args.debug)
 
 
 def _serve(config: str, overrides: list[str], demo: bool) -> int:
@@ -193,14 +218,16 @@ def _experiment(config: str, overrides: list[str], force: bool) -> int:
 
 def experiment_main(argv: list[str] | None = None) -> int:
     """Entry point of ``jobs/experiment.py``: ``--config`` plus ``--set`` / ``--force``."""
-    p = argparse.ArgumentParser(description="sgrec-ray experiment job (issue 4 comparison)")
+    p = argparse.ArgumentParser(
+        description="sgrec-ray experiment job (issue 4 comparison)", parents=[_DEBUG]
+    )
     p.add_argument("--config", required=True, help="experiment YAML, e.g. configs/ml100k.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--force", action="store_true", help="retrain arms that already finished")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     _setup_logging(args.verbose)
-    return _experiment(args.config, args.overrides, args.force)
+    return _guarded(lambda: _experiment(args.config, args.overrides, args.force), args.debug)
 
 
 def _annotate(args: argparse.Namespace) -> int:
@@ -280,17 +307,23 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sgrec", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    run_p = sub.add_parser("run", help="run pipeline stages for an experiment config")
+    run_p = sub.add_parser(
+        "run", help="run pipeline stages for an experiment config", parents=[_DEBUG]
+    )
     run_p.add_argument("config", help="experiment YAML, e.g. configs/ml100k.yaml")
     _add_run_args(run_p, None)
 
-    show_p = sub.add_parser("config", help="print the fully resolved config as JSON")
+    show_p = sub.add_parser(
+        "config", help="print the fully resolved config as JSON", parents=[_DEBUG]
+    )
     show_p.add_argument("config")
     show_p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
-    sub.add_parser("stages", help="list the pipeline stages")
+    sub.add_parser("stages", help="list the pipeline stages", parents=[_DEBUG])
 
-    serve_p = sub.add_parser("serve", help="serve the run's latest generator over HTTP (Ray Serve)")
+    serve_p = sub.add_parser(
+        "serve", help="serve the run's latest generator over HTTP (Ray Serve)", parents=[_DEBUG]
+    )
     serve_p.add_argument(
         "config", help="experiment YAML whose run is served (see its serve section)"
     )
@@ -303,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     serve_p.add_argument("-v", "--verbose", action="store_true")
 
     exp_p = sub.add_parser(
-        "experiment", help="SFT vs GRPO / Reward-Sum / Adv-Sum / A2PO over seeds + rate study"
+        "experiment",
+        help="SFT vs GRPO / Reward-Sum / Adv-Sum / A2PO over seeds + rate study",
+        parents=[_DEBUG],
     )
     exp_p.add_argument("config", help="experiment YAML, e.g. configs/ml100k.yaml")
     exp_p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -311,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     exp_p.add_argument("-v", "--verbose", action="store_true")
 
     ann_p = sub.add_parser(
-        "annotate", help="draft judge labels with a teacher for review, or import a reviewed sheet"
+        "annotate",
+        help="draft judge labels with a teacher for review, or import a reviewed sheet",
+        parents=[_DEBUG],
     )
     ann_p.add_argument("config", help="experiment YAML whose data stage has run")
     ann_p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -328,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     args = p.parse_args(argv)
+    return _guarded(lambda: _dispatch(args), args.debug)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "annotate":
         _setup_logging(False)
         return _annotate(args)

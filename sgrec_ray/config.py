@@ -18,8 +18,10 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from sgrec_ray.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config key is unknown or its value is not allowed; the message names both."""
 
 

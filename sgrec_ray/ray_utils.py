@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 import ray
 
 from sgrec_ray.config import Config
+from sgrec_ray.errors import ClusterUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,35 @@ def ensure_ray(cfg: Config) -> None:
     elif cfg.ray.num_cpus is not None:
         kwargs["num_cpus"] = cfg.ray.num_cpus
     log.info("ray.init(address=%s)", address or "local")
-    ray.init(**kwargs)
+    problem = _unreachable(address) if address else None
+    if problem is None:
+        try:
+            ray.init(**kwargs)
+        except ConnectionError as err:
+            problem = str(err)
+    if problem is not None:
+        raise ClusterUnreachable(
+            f"ray.address={address!r}: no Ray cluster answers there ({problem}); check the "
+            "address (ray.address or RAY_ADDRESS) and that the cluster is up (`ray status`), "
+            "or unset it to start a local one"
+        )
+
+
+def _unreachable(address: str, timeout_s: float = 5.0) -> str | None:
+    """Why ``host:port`` (or ``ray://host:port``) takes no TCP connection, or None if it does.
+
+    Ray itself retries an unreachable GCS for minutes before it gives up; a plain connect
+    answers in seconds. ``auto`` and addresses without a port are left to Ray.
+    """
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return None
+    except OSError as err:
+        return f"{type(err).__name__}: {err}"
 
 
 def gpu_capacity() -> tuple[float, float | None]:

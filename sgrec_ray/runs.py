@@ -16,6 +16,7 @@ from typing import Any
 
 from sgrec_ray import storage
 from sgrec_ray.config import Config
+from sgrec_ray.errors import StageNotFinished
 
 MANIFEST = "manifest.json"
 ALIGNED = "align"  # judge.adapter value: this run's aligned judge (the align stage's GRPO adapter)
@@ -53,7 +54,7 @@ class RunContext:
         """The finished manifest of an upstream stage, or an error saying how to produce it."""
         found = self.manifest(stage)
         if found is None:
-            raise RuntimeError(
+            raise StageNotFinished(
                 f"stage {stage!r} has not finished for run {self.cfg.run.name!r} "
                 f"(no {self.path(stage, MANIFEST)}); run it first, e.g. `sgrec run CONFIG --stages {stage}`"
             )

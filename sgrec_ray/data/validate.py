@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from sgrec_ray.data import schema
+from sgrec_ray.errors import UserError
 
 # Reasons a row can be rejected (stable strings: they are counted in stats and tested).
 MISSING_USER_ID = "missing_user_id"
@@ -37,7 +38,7 @@ DUPLICATE_USER = "duplicate_user"
 BAD_LIST = "bad_list"
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Input data cannot be used as given; the message names the file (and row/column/reason)."""
 
 

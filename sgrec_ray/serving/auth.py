@@ -15,6 +15,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from sgrec_ray.errors import UserError
+
 log = logging.getLogger(__name__)
 
 MIN_TOKEN_CHARS = 16  # shorter tokens are guessable; refuse them rather than serve with them
@@ -22,7 +24,7 @@ REALM = "sgrec"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-class AuthConfigError(ValueError):
+class AuthConfigError(UserError, ValueError):
     """Authentication is on but its tokens are missing or unusable; the message says what to set."""
 
 

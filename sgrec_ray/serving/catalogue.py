@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from sgrec_ray import storage
 from sgrec_ray.data import schema
+from sgrec_ray.errors import UserError
 from sgrec_ray.eval.popularity import item_counts, popularity_ranking
 from sgrec_ray.generator.model import Generator
 from sgrec_ray.sid.trie import SidVocab
@@ -23,7 +24,7 @@ SID_TABLE_FILE = "sid_table.parquet"  # written by the sid stage (sgrec_ray.sid.
 VOCAB_FILE = "vocab.json"
 
 
-class CatalogueMismatchError(ValueError):
+class CatalogueMismatchError(UserError, ValueError):
     """The checkpoint was not trained on this catalogue's SID table; serving it would be wrong."""
 
 

@@ -74,11 +74,20 @@ def deploy_config(
 def deploy(config: dict[str, Any]) -> None:
     """What `serve deploy` / `serve run CONFIG` do: declarative, so a change of user_config alone
     reconfigures running replicas (an imperative serve.run would replace them)."""
+    from ray import serve
     from ray.serve._private.api import serve_start
     from ray.serve.schema import ServeDeploySchema
 
     schema = ServeDeploySchema(**config)
-    serve_start(http_options=schema.http_options.model_dump()).deploy_apps(schema, _blocking=True)
+    try:
+        serve_start(http_options=schema.http_options.model_dump()).deploy_apps(
+            schema, _blocking=True
+        )
+    except TimeoutError as err:  # say why: the replicas' own error is in the app status
+        status = {
+            name: (app.status, app.message) for name, app in serve.status().applications.items()
+        }
+        raise TimeoutError(f"{err}; applications: {status}") from err
 
 
 BATCHING = {"max_batch_size": 2, "batch_wait_timeout_s": 0.05}
