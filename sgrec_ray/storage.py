@@ -122,6 +122,22 @@ def write_bytes(uri: str, data: bytes) -> None:
             f.write(data)
 
 
+def append_text(uri: str, text: str) -> None:
+    """Append ``text`` to the file at ``uri`` (created if missing).
+
+    Local files get a real append (one write call, so whole lines land together). Object stores
+    have no append: there the object is read and written back whole.
+    """
+    fs, path = filesystem(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "a") as f:
+            f.write(text)
+        return
+    old = read_text(uri) if exists(uri) else ""
+    write_text(uri, old + text)
+
+
 def read_text(uri: str) -> str:
     return read_bytes(uri).decode()
 

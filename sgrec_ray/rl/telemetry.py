@@ -1,8 +1,9 @@
 """A2PO step telemetry: one record per step, reduced over workers, to three sinks.
 
 Sinks: ``ray.train.report`` metrics (the caller passes the record), ``telemetry.jsonl`` in the stage
-folder (rewritten whole by rank 0 each step, so a reader never sees half a line and a crashed run
-leaves its curve behind), and Prometheus gauges (``ray.util.metrics``, exported by Ray's metrics
+folder (written whole once when a run or resume starts, then appended one step at a time by rank
+0, so a crashed run leaves its curve behind and a long run does not rewrite its history every
+step; a reader skips a torn last line), and Prometheus gauges (``ray.util.metrics``, exported by Ray's metrics
 agent as ``ray_sgrec_a2po_*``). :func:`plot_curves` draws the PNG the report shows.
 
 Why sums, not means, cross the wire: workers hold different numbers of judged groups, so a mean of
@@ -118,6 +119,7 @@ class Telemetry:
         self.jsonl_uri = jsonl_uri
         self.run_tag = run_tag
         self._gauges: dict[str, Any] | None = None
+        self._written = 0  # step records of the log already in the file
 
     def _gauge_set(self) -> dict[str, Any]:
         if self._gauges is None:
@@ -130,10 +132,19 @@ class Telemetry:
         return self._gauges
 
     def emit(self, log: Sequence[dict[str, Any]]) -> None:
-        """Write the whole log as JSONL and set the gauges to the newest record."""
+        """Append the log's new step records as JSONL and set the gauges to the newest record.
+
+        The first call writes the whole log: after a resume, the checkpoint's log is the truth
+        and the file may hold steps past it that the resumed run will redo.
+        """
         if self.jsonl_uri:
             rows = [r for r in log if "step" in r]
-            storage.write_text(self.jsonl_uri, "".join(json.dumps(r) + "\n" for r in rows))
+            lines = "".join(json.dumps(r) + "\n" for r in rows[self._written :])
+            if self._written == 0 or self._written > len(rows):
+                storage.write_text(self.jsonl_uri, "".join(json.dumps(r) + "\n" for r in rows))
+            elif lines:
+                storage.append_text(self.jsonl_uri, lines)
+            self._written = len(rows)
         last = log[-1] if log else {}
         try:
             gauges = self._gauge_set()
@@ -148,7 +159,15 @@ class Telemetry:
 def read_jsonl(uri: str) -> list[dict[str, Any]]:
     if not storage.exists(uri):
         return []
-    return [json.loads(line) for line in storage.read_text(uri).splitlines() if line.strip()]
+    rows = []
+    for line in storage.read_text(uri).splitlines():
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a torn last line from a crash mid-append
+            break
+    return rows
 
 
 def plot_curves(
