@@ -99,7 +99,7 @@ def test_no_token_is_a_401_with_a_bearer_challenge(served, path):
     [
         "Bearer wrong-token-0000000000000000",
         f"Basic {TOKENS[0]}",
-        "Bearer ",
+        "Bearer",
         f"Bearer {TOKENS[0]}x",
     ],
 )
