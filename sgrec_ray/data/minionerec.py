@@ -218,13 +218,21 @@ def _read_split(
     return out, table.num_rows
 
 
+# Where the files come from: MiniOneRec's public repository ships them under data/Amazon/.
+SOURCE_HINT = (
+    "the files come from MiniOneRec's public repository (https://github.com/AkaliKong/MiniOneRec, "
+    "folder data/Amazon/: train/ valid/ test/ info/ index/, one file per category); copy one "
+    "category's files (e.g. Office_Products_*) into the same layout and point data.path at it"
+)
+
+
 def load_minionerec(cfg: DataSection, rejects: Rejects) -> MiniOneRecData:
     """Read and validate the catalogue, the SID index and every split present in ``data.path``."""
     if not cfg.path:
-        raise DataError("data.source=minionerec needs data.path: a folder with valid/ test/ info/")
+        raise DataError(f"data.source=minionerec needs data.path; {SOURCE_HINT}")
     folder = storage.normalize(cfg.path)
     if not storage.exists(folder):
-        raise DataError(f"data.path {folder} does not exist")
+        raise DataError(f"data.path {folder} does not exist; {SOURCE_HINT}")
     items, items_uri = _read_catalogue(folder, rejects)
     known = set(items.column("item_id").to_pylist())
 

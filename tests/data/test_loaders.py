@@ -219,3 +219,16 @@ def test_real_office_slice(data_cfg):
     # every sample's history is the tail of the user's reconstructed events
     for row in t.test.to_pylist()[:500]:
         assert row["seen"][-len(row["history"]) :] == row["history"]
+
+
+def test_a_missing_minionerec_folder_says_where_the_files_come_from(tmp_path):
+    """configs/amazon_office.yaml points at a folder only the project's machines have."""
+    from sgrec_ray.config import load_config
+    from tests.conftest import REPO
+
+    cfg = load_config(REPO / "configs" / "amazon_office.yaml", [f"data.path={tmp_path}/nope"])
+    with pytest.raises(DataError, match="MiniOneRec's public repository") as err:
+        build(cfg.data)
+    assert "data/Amazon/" in str(err.value) and "data.path" in str(err.value)
+    header = (REPO / "configs" / "amazon_office.yaml").read_text().split("\nrun:")[0]
+    assert "github.com/AkaliKong/MiniOneRec" in header and "data/Amazon/" in header
