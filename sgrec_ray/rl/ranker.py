@@ -220,23 +220,17 @@ def _rows_table(rows: dict[str, list[Any]]) -> pa.Table:
 
 
 def auc(labels: NDArray[np.float64], scores: NDArray[np.float64]) -> float:
-    """ROC AUC (Mann-Whitney with tied ranks averaged); 0.5 when one class is missing."""
+    """scikit-learn's ROC AUC of clicks (label > 0.5); 0.5 when one class is missing.
+
+    sklearn raises on a single class; a held-out slice of a tiny run can have one, and "no
+    better than chance" is the honest figure for it.
+    """
+    from sklearn.metrics import roc_auc_score
+
     pos = np.asarray(labels) > 0.5
-    scores = np.asarray(scores, dtype=np.float64)
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
+    if pos.all() or not pos.any():
         return 0.5
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = scores[order]
-    i = 0
-    while i < len(scores):  # average ranks over ties
-        j = i
-        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float(roc_auc_score(pos, np.asarray(scores, dtype=np.float64)))
 
 
 # ------------------------------------------------------------------------------------------------
