@@ -25,6 +25,15 @@ class StorageError(UserError, ValueError):
     """A storage URI whose scheme is unknown, or whose filesystem package is not installed."""
 
 
+class StorageUnavailable(UserError, OSError):
+    """The store did not take a write (server down, network gone); a rerun redoes the stage."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint or training state that cannot be loaded (corrupted, truncated, or holding
+    objects other than tensors and plain values); never loaded silently or by running code."""
+
+
 # FileNotFoundError: a path the user gave (a model, a checkpoint, a labels file) does not exist.
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError)
 

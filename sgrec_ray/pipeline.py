@@ -18,7 +18,10 @@ from sgrec_ray.config import Config
 from sgrec_ray.runs import (
     RunContext,
     StageResult,
+    attempt_uri,
     fingerprint,
+    new_attempt,
+    remove_other_attempts,
     resolve_adapter,
     uses_aligned,
     write_manifest,
@@ -126,11 +129,20 @@ def run_stage(ctx: RunContext, name: str) -> dict:
         from sgrec_ray.ray_utils import ensure_ray
 
         ensure_ray(ctx.cfg)
-    log.info("stage %-5s running → %s", name, ctx.stage_uri(name))
+    # A new attempt folder: the finished output (if any) stays readable until the switch below.
+    attempt = new_attempt(ctx, name, fp)
+    ctx.writing[name] = attempt_uri(ctx, name, attempt)
+    log.info("stage %-5s running → %s", name, ctx.writing[name])
     started = time.time()
-    result = stage.load()(ctx)
-    manifest = write_manifest(ctx, name, fp, upstream, result, started)
-    log.info("stage %-5s done in %.1fs", name, manifest["wall_s"])
+    try:
+        result = stage.load()(ctx)
+    finally:
+        del ctx.writing[name]
+    manifest = write_manifest(ctx, name, fp, upstream, result, started, attempt)
+    removed = remove_other_attempts(ctx, name, attempt)
+    log.info(
+        "stage %-5s done in %.1fs (removed old attempts %s)", name, manifest["wall_s"], removed
+    )
     return manifest
 
 
@@ -138,6 +150,7 @@ def run(cfg: Config, stages: str | list[str] | None = None, force: bool = False)
     """Run the requested stages in pipeline order, then rebuild the run report. Returns the report."""
     from sgrec_ray.report import write_report
 
+    raw_cfg = cfg
     cfg = resolve_adapter(cfg)  # judge.adapter: align → this run's adapter URI
     ctx = RunContext(cfg, force=force)
     names = parse_stages(stages)
@@ -153,5 +166,7 @@ def run(cfg: Config, stages: str | list[str] | None = None, force: bool = False)
         for check in checks:
             _resolve(check)(check_cfg)
     for name in names:
+        # Resolved again per stage: an align stage run just now switched to a new attempt.
+        ctx.cfg = resolve_adapter(raw_cfg)
         run_stage(ctx, name)
     return write_report(ctx)

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from sgrec_ray.errors import StorageError
+from sgrec_ray.errors import StorageError, StorageUnavailable
 
 
 def is_remote(uri: str) -> bool:
@@ -77,7 +77,12 @@ def _fsspec(uri: str, scheme: str) -> tuple[pafs.FileSystem, str]:
 
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    try:
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+    except OSError as err:
+        if not is_remote(normalize(uri)):
+            raise
+        raise _unavailable(uri, err, "reach") from err
 
 
 def makedirs(uri: str) -> None:
@@ -106,7 +111,25 @@ def read_bytes(uri: str) -> bytes:
         return f.read()
 
 
+def _unavailable(uri: str, err: OSError, action: str = "write") -> StorageUnavailable:
+    return StorageUnavailable(
+        f"cannot {action} {uri}: {err}. The stage did not finish and its previous output (if any) "
+        "is untouched; check the store (endpoint, credentials, network) and rerun"
+    )
+
+
 def write_bytes(uri: str, data: bytes) -> None:
+    try:
+        _write_bytes(uri, data)
+    except StorageUnavailable:
+        raise
+    except OSError as err:
+        if not is_remote(normalize(uri)):
+            raise  # a local disk error (full, permissions) is its own clear message
+        raise _unavailable(uri, err) from err
+
+
+def _write_bytes(uri: str, data: bytes) -> None:
     fs, path = filesystem(uri)
     parent = path.rsplit("/", 1)[0]
     if parent:
@@ -164,10 +187,15 @@ def read_table(uri: str, columns: list[str] | None = None) -> pa.Table:
 
 def write_table(uri: str, table: pa.Table) -> None:
     fs, path = filesystem(uri)
-    parent = path.rsplit("/", 1)[0]
-    if parent:
-        fs.create_dir(parent, recursive=True)
-    pq.write_table(table, path, filesystem=fs)
+    try:
+        parent = path.rsplit("/", 1)[0]
+        if parent:
+            fs.create_dir(parent, recursive=True)
+        pq.write_table(table, path, filesystem=fs)
+    except OSError as err:
+        if not is_remote(normalize(uri)):
+            raise
+        raise _unavailable(uri, err) from err
 
 
 def download_dir(uri: str, local_dir: str) -> str:

@@ -44,7 +44,7 @@ from sgrec_ray.data.validate import (
     validate_items,
     validate_users,
 )
-from sgrec_ray.runs import MANIFEST, RunContext, StageResult
+from sgrec_ray.runs import RunContext, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,6 @@ class DataTables:
 
 def run(ctx: RunContext) -> StageResult:
     """Build the canonical tables for ``ctx.cfg.data``, write them to ``ctx.stage_uri("data")``."""
-    _delete(ctx.path("data", MANIFEST))  # a crash while rewriting must not look finished
     tables = build(ctx.cfg.data)
     outputs = {
         "items": (schema.ITEMS_FILE, tables.items),
