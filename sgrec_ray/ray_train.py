@@ -17,6 +17,8 @@ import pyarrow.fs as pafs
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from sgrec_ray.errors import CheckpointError
+
 
 class Workers(Protocol):
     """The fields every trainer's config section has (sft, rl, ranker, aggregate)."""
@@ -24,6 +26,25 @@ class Workers(Protocol):
     num_workers: int
     cpus_per_worker: float
     max_failures: int
+
+
+def load_state(path: str) -> Any:
+    """A training state (optimizer, scheduler, step, log) saved with ``torch.save``.
+
+    ``weights_only=True``: unpickling runs no code from the file, so a tampered checkpoint in a
+    shared bucket cannot execute anything; tensors, dicts, lists and numbers load as before.
+    """
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        raise CheckpointError(
+            f"{path}: cannot load this training state ({type(err).__name__}: {err}); the "
+            "checkpoint is corrupted or incomplete: delete it to start that training afresh"
+        ) from err
 
 
 def make_trainer(

@@ -33,7 +33,7 @@ from sgrec_ray.align.examples import Example
 from sgrec_ray.align.objectives import alignment_reward, answer_logp, sample_answers
 from sgrec_ray.config import AlignSection
 from sgrec_ray.judge.engines import ModelRef, _local
-from sgrec_ray.ray_train import checkpoint_dir, fit, make_trainer
+from sgrec_ray.ray_train import checkpoint_dir, fit, load_state, make_trainer
 from sgrec_ray.rl.advantages import group_normalize
 from sgrec_ray.rl.objective import policy_loss
 
@@ -171,7 +171,7 @@ def train_loop(config: dict[str, Any]) -> None:
     if checkpoint is not None:  # a restarted worker group resumes at the last reported step
         with checkpoint_dir(checkpoint) as d:
             model = load_policy(config["model"], cfg, os.path.join(d, ADAPTER_DIR), device)
-            state = torch.load(os.path.join(d, STATE_FILE), weights_only=False)
+            state = load_state(os.path.join(d, STATE_FILE))
         step, history, optim_state, ref_logp = (
             state["step"],
             state["history"],
@@ -436,5 +436,5 @@ def train_adapter(
     result = fit(trainer, f"align {phase}")
     with checkpoint_dir(result.checkpoint) as d:
         storage.upload_dir(os.path.join(d, ADAPTER_DIR), out_uri)
-        state = torch.load(os.path.join(d, STATE_FILE), weights_only=False)
+        state = load_state(os.path.join(d, STATE_FILE))
     return state["history"]

@@ -39,6 +39,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from sgrec_ray import storage
+from sgrec_ray.errors import CheckpointError
 
 PAD, BOS, EOS = 0, 1, 2  # the SID vocabulary's special tokens (same as sgrec_ray.sid.trie)
 N_SPECIAL = 3
@@ -191,13 +192,26 @@ class Generator:
 
 
 def load_generator_dir(local_dir: str, device: str = "cpu") -> Generator:
-    """Load a checkpoint from a local directory (see :func:`load_generator` for URIs)."""
-    with open(os.path.join(local_dir, GENERATOR_FILE)) as f:
-        meta = GeneratorMeta.from_json(f.read())
-    with open(os.path.join(local_dir, SID_VOCAB_FILE)) as f:
-        sid_vocab_json = f.read()
-    item_tokens = np.load(os.path.join(local_dir, ITEM_TOKENS_FILE)).astype(np.int64)
-    model = AutoModelForCausalLM.from_pretrained(local_dir)
+    """Load a checkpoint from a local directory (see :func:`load_generator` for URIs).
+
+    Weights come from safetensors (no code runs on load); a corrupted or truncated checkpoint is
+    a :class:`CheckpointError` naming it, never a half-loaded model.
+    """
+    try:
+        with open(os.path.join(local_dir, GENERATOR_FILE)) as f:
+            meta = GeneratorMeta.from_json(f.read())
+        with open(os.path.join(local_dir, SID_VOCAB_FILE)) as f:
+            sid_vocab_json = f.read()
+        item_tokens = np.load(os.path.join(local_dir, ITEM_TOKENS_FILE)).astype(np.int64)
+        model = AutoModelForCausalLM.from_pretrained(local_dir, use_safetensors=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        raise CheckpointError(
+            f"generator checkpoint {local_dir}: cannot load it ({type(err).__name__}: {err}); it "
+            "is corrupted or incomplete: retrain it (`sgrec run CONFIG --stages sft --force`) "
+            "or point serve.checkpoint at a good one"
+        ) from err
     model = model.to(device).eval()  # type: ignore[arg-type]
     token_map = np.asarray(meta.token_map or identity_map(meta.sid_vocab_size), dtype=np.int64)
     return Generator(model, meta, item_tokens, token_map, sid_vocab_json)

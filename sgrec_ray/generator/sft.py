@@ -51,7 +51,7 @@ from sgrec_ray.generator.model import (
     save_generator,
     unwrap,
 )
-from sgrec_ray.ray_train import checkpoint_dir, fit, make_trainer
+from sgrec_ray.ray_train import checkpoint_dir, fit, load_state, make_trainer
 from sgrec_ray.runs import RunContext, StageResult, fingerprint
 
 STAGE = "sft"
@@ -286,7 +286,7 @@ def restore_checkpoint(
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(d)
-        state = torch.load(os.path.join(d, TRAIN_STATE_FILE), weights_only=False)
+        state = load_state(os.path.join(d, TRAIN_STATE_FILE))
         log = _read_log(os.path.join(d, TRAIN_LOG_FILE))
     return model, tokenizer, state, log
 
