@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 # A loopback test cluster needs no token; set it explicitly (Ray 2.60 defaults to token auth).
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install demo demo-psj demo-align experiment test test-fast lint format bench clean
+.PHONY: install demo demo-psj demo-align experiment test test-slow test-random test-fast lint format bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,8 +42,17 @@ demo-align: install
 experiment: install
 	$(BIN)/sgrec experiment configs/ml100k.yaml
 
+# The slow tier (tests over a minute each, marked `slow`) is left out of `make test` and run by
+# `make test-slow`; CI (.ci/run) runs both, so nothing loses coverage.
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not slow"
+
+test-slow: install
+	$(BIN)/pytest -q -m slow
+
+# Every test in a random order (pytest-random-order): proves tests do not depend on each other.
+test-random: install
+	$(BIN)/pytest -q -p random_order --random-order
 
 test-fast: install
 	$(BIN)/pytest -q -m "not integration"

@@ -16,7 +16,8 @@ from sgrec_ray.config import load_config
 from sgrec_ray.runs import ALIGNED, RunContext, aligned_adapter, resolve_adapter
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.integration
+# ~86 s for the module (the align stage on a tiny judge): `make test-slow` (CI) runs it.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TINY = str(REPO / "configs" / "tiny.yaml")
 
 # Short prompts and a handful of labels: the point is every part running for real, not the figures

@@ -26,6 +26,7 @@ def test_mean_std_over_seeds():
 
 @pytest.mark.integration
 @pytest.mark.timeout(1500)
+@pytest.mark.slow  # ~134 s: every RL arm over seeds; `make test-slow` (CI) runs it
 def test_experiment_writes_table_study_and_reading(rl_base):
     ctx = rl_ctx(
         rl_base,
