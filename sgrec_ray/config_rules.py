@@ -70,6 +70,20 @@ RANGES: dict[str, Range] = {
     "sid.codes": Range(2),  # one code per level would say nothing about an item
     "sid.kmeans_n_init": COUNT,
     "sid.seed": SEED,
+    "sid.cf_weight": UNIT,  # share of the squared distance from the collaborative part
+    "sasrec.d_model": COUNT,
+    "sasrec.n_layer": COUNT,
+    "sasrec.n_head": COUNT,
+    "sasrec.dropout": Range(0, 1, hi_open=True),
+    "sasrec.epochs": COUNT,
+    "sasrec.patience": COUNT,
+    "sasrec.lr": POSITIVE,
+    "sasrec.weight_decay": NONNEG,
+    "sasrec.batch_size": COUNT,
+    "sasrec.valid_users": COUNT,
+    "sasrec.num_workers": COUNT,
+    "sasrec.cpus_per_worker": POSITIVE,
+    "sasrec.max_failures": FAILURES,
     "sft.epochs": COUNT,
     "sft.lr": POSITIVE,
     "sft.weight_decay": NONNEG,
@@ -82,6 +96,12 @@ RANGES: dict[str, Range] = {
     "sft.max_failures": FAILURES,
     "sft.checkpoint_every": COUNT,
     "sft.max_steps": COUNT,
+    "sft.item_loss_weight": NONNEG,
+    "sft.eval_every": COUNT,
+    "sft.patience": COUNT,
+    "sft.valid_users": COUNT,
+    "sft.valid_beam_width": COUNT,
+    "sft.rerank_weights": UNIT,  # (1-w)·log p(SID) + w·log p(item)
     "eval.ks": COUNT,
     "eval.beam_width": COUNT,
     "eval.batch_size": COUNT,
@@ -90,7 +110,6 @@ RANGES: dict[str, Range] = {
     "eval.cpus_per_actor": NONNEG,
     "eval.gpus_per_actor": NONNEG,
     "judge.scale": Range(2, 9),  # one digit token per score (judge.prompts)
-    "judge.top_logprobs": COUNT,
     "judge.evidence_max_tokens": COUNT,
     "judge.max_prompt_tokens": Range(64),  # the instructions alone take that much
     "judge.long_history": NONNEG,
@@ -219,6 +238,16 @@ CROSS_RULES: list[Rule] = [
         ("serve.max_history", "serve.max_request_history"),
         lambda c: c.serve.max_history is None or c.serve.max_history <= c.serve.max_request_history,
         "max_history <= max_request_history (the model reads at most what a request may carry)",
+    ),
+    (
+        ("sasrec.d_model", "sasrec.n_head"),
+        lambda c: c.sasrec.d_model % c.sasrec.n_head == 0,
+        "d_model divisible by n_head (each attention head takes d_model / n_head dimensions)",
+    ),
+    (
+        ("sft.rerank_weights",),
+        lambda c: len(c.sft.rerank_weights) > 0,
+        "at least one re-ranking weight (0 = the beam's SID likelihood alone)",
     ),
     (
         ("align.micro_batch", "align.batch_size"),

@@ -33,7 +33,7 @@ from sgrec_ray import storage
 from sgrec_ray.config import Config
 from sgrec_ray.data import schema
 from sgrec_ray.eval.metrics import ranking_metrics
-from sgrec_ray.ray_train import checkpoint_dir, fit, make_trainer
+from sgrec_ray.ray_train import checkpoint_dir, fit, load_state, make_trainer
 from sgrec_ray.runs import RunContext, StageResult, fingerprint
 from sgrec_ray.sasrec.model import (
     SasRec,
@@ -230,7 +230,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     if ckpt is not None:  # resume from the best epoch so far (the only epochs checkpointed)
         with checkpoint_dir(ckpt) as d:
             restored, meta = load_sasrec_dir(d)
-            state = torch.load(os.path.join(d, STATE_FILE), weights_only=True)
+            state = load_state(os.path.join(d, STATE_FILE))
         model.load_state_dict(restored.state_dict())
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best, log = meta["epoch"] + 1, meta[VALID_METRIC], meta["log"]
