@@ -24,8 +24,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.config import BackpressureConfig
-from ray.serve.exceptions import BackPressureError
+from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from sgrec_ray.config import Config, ServeSection, load_config
@@ -43,6 +44,10 @@ from sgrec_ray.serving.schema import (
 from sgrec_ray.serving.sources import Sources, resolve_sources
 
 log = logging.getLogger("ray.serve")
+
+# A model replica that died (or was replaced) while holding a request: transient, not a bug. The
+# client gets 503 + Retry-After while Serve starts a new replica, never a 500.
+REPLICA_GONE = (RayActorError, ReplicaUnavailableError)
 
 # user_config keys the Model accepts; anything else is a typo and fails the update loudly.
 RELOAD_KEYS = ("checkpoint", "data", "sid", "stage", "beam_width", "max_history", "device")
@@ -215,6 +220,14 @@ class Ingress:
                 503,
                 "overloaded",
                 "the model replicas are at capacity; retry later",
+                {"Retry-After": self.retry_after},
+            )
+        except REPLICA_GONE as err:
+            log.warning("recommend: model replica lost mid-request (%s); answered 503", err)
+            return error(
+                503,
+                "unavailable",
+                "a model replica stopped while answering; retry later",
                 {"Retry-After": self.retry_after},
             )
         if reply.batch_size is not None:

@@ -32,12 +32,15 @@ def load_state(path: str) -> Any:
     """A training state (optimizer, scheduler, step, log) saved with ``torch.save``.
 
     ``weights_only=True``: unpickling runs no code from the file, so a tampered checkpoint in a
-    shared bucket cannot execute anything; tensors, dicts, lists and numbers load as before.
+    shared bucket cannot execute anything; tensors, dicts, lists and numbers load as before, and
+    so do numpy arrays and scalars (states carry them: token maps, reward histories), whose
+    constructors are allow-listed as data (:func:`numpy_globals`), not as code.
     """
     import torch
 
     try:
-        return torch.load(path, weights_only=True)
+        with torch.serialization.safe_globals(numpy_globals()):
+            return torch.load(path, weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as err:
@@ -45,6 +48,19 @@ def load_state(path: str) -> Any:
             f"{path}: cannot load this training state ({type(err).__name__}: {err}); the "
             "checkpoint is corrupted or incomplete: delete it to start that training afresh"
         ) from err
+
+
+def numpy_globals() -> list[Any]:
+    """The names a pickled numpy array or scalar refers to: its rebuild function, ndarray, dtype
+    and every concrete dtype class. All build plain data; none runs code from the file."""
+    import numpy as np
+
+    dtypes = {type(np.dtype(c)) for c in "?bhilqBHILQefdgFDGUSM" if c != "M"} | {
+        type(np.dtype("M8[ns]")),
+        type(np.dtype("m8[ns]")),
+    }
+    return [np._core.multiarray._reconstruct, np._core.multiarray.scalar, np.ndarray, np.dtype,
+            *sorted(dtypes, key=lambda t: t.__name__)]  # fmt: skip
 
 
 def make_trainer(

@@ -18,6 +18,23 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 S3_BUCKET = "sgrec-test"
 
 
+def ray_worker_pids(title: str) -> set[int]:
+    """PIDs of this machine's Ray worker processes whose title (``ray::<actor class>...``)
+    contains ``title``. Reads /proc: the state API needs the dashboard, which tests leave off."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # the process ended while we looked
+            continue
+        if cmd.startswith("ray::") and title in cmd:
+            pids.add(int(entry))
+    return pids
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3 API server (moto's server mode) on 127.0.0.1 with bucket ``sgrec-test``.

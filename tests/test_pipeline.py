@@ -79,6 +79,7 @@ def test_finished_stages_are_skipped(tiny_run: RunContext):
     assert {s: tiny_run.manifest(s) for s in before} == before
 
 
+@pytest.mark.slow  # ~72 s on 2 cores: `make test-slow` (CI) runs it
 def test_a_changed_section_reruns_only_what_depends_on_it(tiny_run: RunContext, tmp_path):
     """Changing eval settings invalidates eval only; upstream fingerprints stay."""
     from dataclasses import replace

@@ -9,7 +9,11 @@ from sgrec_ray.config import load_config
 from sgrec_ray.runs import RunContext
 from tests.conftest import REPO, S3_BUCKET
 
-pytestmark = [pytest.mark.integration, pytest.mark.s3]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.s3,
+    pytest.mark.slow,
+]  # minutes: `make test-slow` (CI) runs it
 
 
 def test_pipeline_runs_end_to_end_on_s3(ray_session, tmp_path, monkeypatch):
@@ -35,11 +39,13 @@ def test_pipeline_runs_end_to_end_on_s3(ray_session, tmp_path, monkeypatch):
     assert "sft" in report["methods"] and "pop" in report["methods"]
     # Ray Train wrote its run state and at least one checkpoint under the S3 stage folder.
     found = []
-    ray_root = f"{run_uri}/sft/ray_train"
+    sft_uri = RunContext(cfg).stage_uri("sft")  # the finished attempt folder the manifest names
+    assert sft_uri.startswith(f"{run_uri}/sft/attempts/")
+    ray_root = f"{sft_uri}/ray_train"
     for run_dir in storage.listdir(ray_root):
         found += [n for n in storage.listdir(f"{ray_root}/{run_dir}") if n.startswith("checkpoint")]
     assert found, f"no checkpoint under {ray_root}: {storage.listdir(ray_root)}"
-    assert storage.exists(f"{run_uri}/sft/model/sid_vocab.json")
+    assert storage.exists(f"{sft_uri}/model/sid_vocab.json")
     assert list(tmp_path.iterdir()) == []  # nothing leaked to local disk
 
     # A rerun finds every stage up to date and skips it (identical manifests, no new work).

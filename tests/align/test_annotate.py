@@ -116,6 +116,7 @@ def test_sample_requests_take_real_events_with_their_past():
     assert sample_requests(only_u3, 2, 2, 10) == []
 
 
+@pytest.mark.slow  # ~91 s on 2 cores: `make test-slow` (CI) runs it
 def test_round_trip_draft_export_edit_import(judge, tmp_path):
     requests = sample_requests(INTERACTIONS, n_users=2, items_per_user=2, max_history=10)
     broken = JudgeRequest("u1", [0], 99, 500)  # an item the catalogue lacks: the judge fails it

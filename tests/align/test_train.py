@@ -131,6 +131,7 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient(tiny_model):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ~50 s on 2 cores: `make test-slow` (CI) runs it
 def test_grpo_on_two_ddp_workers_from_an_sft_adapter_resumes_after_a_killed_worker(
     tiny_model, tmp_path, ray_session
 ):

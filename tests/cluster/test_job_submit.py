@@ -25,9 +25,9 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.serving.conftest import free_port
+from tests.serving.conftest import free_port, free_ports
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # minutes: `make test-slow` (CI) runs it
 
 BIN = Path(sys.executable).parent
 
@@ -49,19 +49,13 @@ def _env(**extra: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def head():
     """Dashboard (job server) URL of a fresh 2-CPU head on 127.0.0.1; torn down afterwards."""
-    dash = free_port()
     temp = tempfile.mkdtemp(prefix="rayjob-", dir="/tmp")  # short: Ray's socket paths are long
-    ports = {
-        "--port": free_port(),
-        "--dashboard-port": dash,
-        "--ray-client-server-port": free_port(),
-        "--dashboard-agent-listen-port": free_port(),
-        "--dashboard-agent-grpc-port": free_port(),
-        "--metrics-export-port": free_port(),
-        "--runtime-env-agent-port": free_port(),
-        "--node-manager-port": free_port(),
-        "--object-manager-port": free_port(),
-    }
+    flags = ["--port", "--dashboard-port", "--ray-client-server-port",
+             "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+             "--metrics-export-port", "--runtime-env-agent-port", "--node-manager-port",
+             "--object-manager-port"]  # fmt: skip
+    ports = dict(zip(flags, free_ports(len(flags)), strict=True))
+    dash = ports["--dashboard-port"]
     cmd = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2",
            "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
            "--include-dashboard", "true", "--temp-dir", temp,
@@ -147,6 +141,8 @@ def test_serve_deploy_of_the_serve_config(head, submitted_run, tmp_path):
         "config": str(REPO / "configs" / "tiny.yaml"),
         "overrides": [f"run.storage={submitted_run}", "serve.cpus_per_replica=0.5"],
     }
+    token = "job-submit-test-token-0123456789"  # what the RayService's Secret provides
+    app["runtime_env"]["env_vars"]["SGREC_API_TOKENS"] = token
     for d in app["deployments"]:  # fit the 2-CPU test head
         d.pop("autoscaling_config", None)
         d.setdefault("ray_actor_options", {})["num_cpus"] = 0.5 if d["name"] == "Model" else 0
@@ -159,7 +155,12 @@ def test_serve_deploy_of_the_serve_config(head, submitted_run, tmp_path):
     deadline, last = time.time() + 240, None
     while time.time() < deadline:
         try:
-            last = httpx.post(f"{url}/v1/recommend", json={"user_id": "1", "k": 3}, timeout=30)
+            last = httpx.post(
+                f"{url}/v1/recommend",
+                json={"user_id": "1", "k": 3},
+                headers={"authorization": f"Bearer {token}"},
+                timeout=30,
+            )
             if last.status_code == 200:
                 break
         except httpx.HTTPError as err:

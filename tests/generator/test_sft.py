@@ -74,6 +74,7 @@ def test_sft_trains_exports_and_stops_at_max_steps(tmp_path, ray_session):
 
 @pytest.mark.integration
 @pytest.mark.s3
+@pytest.mark.slow  # ~69 s on 2 cores: `make test-slow` (CI) runs it
 def test_worker_failure_resumes_from_latest_checkpoint(tmp_path, ray_session, monkeypatch):
     """Rank 0 dies during epoch 1 (after epoch 0's checkpoint); training resumes and finishes.
 

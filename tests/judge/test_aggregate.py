@@ -160,6 +160,7 @@ def test_featurizer_layout(tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ~50 s on 2 cores: `make test-slow` (CI) runs it
 def test_stage_trains_and_beats_uniform(aggregate_run):
     ctx, manifest = aggregate_run
     m = manifest["metrics"]
@@ -188,6 +189,7 @@ def test_stage_trains_and_beats_uniform(aggregate_run):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ~62 s on 2 cores: `make test-slow` (CI) runs it
 def test_group_relative_under_ray_train_and_resume(tmp_path, ray_session):
     """The paper's objective through TorchTrainer (2 ranks); a second fit of the same run name
     resumes from its checkpoint instead of training again."""

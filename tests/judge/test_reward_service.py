@@ -113,6 +113,7 @@ def test_actor_pool_routes_by_user_from_warm_cache(aggregate_run):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ~58 s on 2 cores: `make test-slow` (CI) runs it
 def test_actor_with_real_judge(aggregate_run):
     """The real Stage A judge in an actor: judged pairs score, repeats hit the cache."""
     ctx, _ = aggregate_run

@@ -76,6 +76,7 @@ def resumed(tmp_path_factory, ray_session):
 
 
 @pytest.mark.integration  # a Ray Data pipeline and the judge model: ~1-3 min
+@pytest.mark.slow  # ~230 s on 2 cores: `make test-slow` (CI) runs it
 def test_vllm_path_resumes_and_matches_the_transformers_engine(resumed):
     ctx, table, first, after_first, rest = resumed
     scores = stage.load_scores(ctx)
@@ -97,6 +98,7 @@ def test_vllm_path_resumes_and_matches_the_transformers_engine(resumed):
 
 
 @pytest.mark.integration  # a Ray Data pipeline and the judge model: ~1-3 min
+@pytest.mark.slow  # ~93 s on 2 cores: `make test-slow` (CI) runs it
 def test_engine_error_rows_are_kept_and_counted_as_failed(tmp_path, ray_session):
     ctx = make_run(tmp_path, VLLM)
     stats, table = _judge(ctx, ShortContextEngine)
@@ -128,6 +130,7 @@ def test_engine_error_rows_are_kept_and_counted_as_failed(tmp_path, ray_session)
 
 @pytest.mark.integration  # a Ray Data pipeline and the judge model: ~1-3 min
 @pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.slow  # ~190 s on 2 cores: `make test-slow` (CI) runs it
 def test_lora_adapters_reach_the_engine_from_any_storage(where, tmp_path, ray_session, s3_server):
     """A local adapter goes by absolute path, an S3 one through dynamic_lora_loading_path (ray.llm
     downloads it itself); either way the scores are the transformers engine's merged-adapter ones."""

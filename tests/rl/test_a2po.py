@@ -48,6 +48,7 @@ def test_reference_with_other_sids_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ~93 s on 2 cores: `make test-slow` (CI) runs it
 def test_a2po_stage_trains_exports_evaluates_and_reports(rl_base):
     ctx = rl_ctx(rl_base, [])
     manifest = pipeline.run_stage(ctx, "a2po")
@@ -104,6 +105,7 @@ def test_semantic_groups_failures_sampling_and_inner_updates(rl_base, tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.timeout(900)
+@pytest.mark.slow  # ~62 s on 2 cores: `make test-slow` (CI) runs it
 def test_worker_failure_resumes_from_latest_checkpoint(rl_base, tmp_path, monkeypatch):
     ctx = rl_ctx(
         rl_base,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,18 @@ TEST_SERVE = [
 ]
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports: every socket stays bound until all are picked, so the
+    OS cannot hand the same port out twice (it did: two Ray components on one port)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 # Two valid tokens at once, as during a rotation; the file stands in for a mounted Secret.

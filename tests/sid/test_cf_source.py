@@ -35,6 +35,7 @@ def test_first_code_share_counts_each_consecutive_pair_once():
     assert got["first_code_chance_share"] == pytest.approx(0.5)
 
 
+@pytest.mark.slow  # ~41 s on 2 cores: `make test-slow` (CI) runs it
 def test_cf_sids_follow_the_sasrec_stage(tiny_run: RunContext, tmp_path):
     """sid.source=cf needs the sasrec stage, quantises its item vectors, and reports the figure."""
     import shutil
