@@ -92,6 +92,7 @@ def resumed(tmp_path_factory, ray_session):
     return ctx, table, first, after_first, result, again
 
 
+@pytest.mark.slow  # its fixture runs the judge stage three times: ~110 s on 2 cores
 def test_interrupted_run_resumes_without_duplicates(resumed):
     ctx, table, first, after_first, result, again = resumed
     assert first["chunks"] == 1 and after_first.num_rows == 3
@@ -112,6 +113,7 @@ def test_interrupted_run_resumes_without_duplicates(resumed):
     assert again.metrics["judged_this_run"] == 0 and again.metrics["pairs"] == 9
 
 
+@pytest.mark.slow  # its fixture runs the judge stage three times: ~110 s on 2 cores
 def test_output_schema_and_metrics(resumed):
     ctx, _, _, _, result, _ = resumed
     folder = storage.read_table(ctx.path("judge", "scores"))  # the folder reads as one table
