@@ -12,7 +12,7 @@ import pytest
 
 from sgrec_ray.judge import stage
 from tests.conftest import ray_worker_pids
-from tests.judge.test_stage import keys, make_run
+from tests.judge.test_stage import N_ITEMS, keys, make_run
 
 
 def _parts(folder: str) -> int:
@@ -53,7 +53,7 @@ def test_a_judge_actor_killed_mid_stage_loses_and_duplicates_no_row(tmp_path, ra
 
     rerun = stage.run(ctx)  # what a user does after a failure; a no-op if the first run recovered
     scores = stage.load_scores(ctx)
-    candidates = stage.build_candidate_table(ctx, ctx.cfg.judge, 24)
+    candidates = stage.build_candidate_table(ctx, ctx.cfg.judge, N_ITEMS)
     assert scores.num_rows == candidates.num_rows == 9
     assert len(set(keys(scores))) == scores.num_rows  # no row written twice
     assert set(scores.column("status").to_pylist()) == {"ok"}
