@@ -151,6 +151,10 @@ class SftSection:
     # Item-level loss: full-catalogue cross-entropy of the item scores (generator.item_scores)
     # beside the SID-token loss; 0 = token loss only (the plain TIGER/MiniOneRec objective).
     item_loss_weight: float = 1.0
+    # Dropout on the embeddings and on every block's attention and MLP outputs (generator.model
+    # add_dropout). 0 on ML-100k: 0.1-0.3 measured worse there at 10 and 20 epochs
+    # (docs/EXPERIMENTS.md); larger or noisier logs may want it.
+    dropout: float = 0.0
     # Early stopping on the validation split: every eval_every epochs, NDCG@10 of the valid users
     # (the first valid_users; None = all) by beam search of valid_beam_width, for each re-ranking
     # weight; the best (epoch, weight) is kept and exported. Training stops after `patience`

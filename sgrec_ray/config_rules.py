@@ -97,6 +97,7 @@ RANGES: dict[str, Range] = {
     "sft.checkpoint_every": COUNT,
     "sft.max_steps": COUNT,
     "sft.item_loss_weight": NONNEG,
+    "sft.dropout": Range(0, 1, hi_open=True),
     "sft.eval_every": COUNT,
     "sft.patience": COUNT,
     "sft.valid_users": COUNT,

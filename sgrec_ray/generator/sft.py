@@ -45,6 +45,7 @@ from sgrec_ray.generator.item_scores import incidence, item_loss
 from sgrec_ray.generator.model import (
     TRAIN_STATE_FILE,
     GeneratorMeta,
+    add_dropout,
     build_model,
     identity_map,
     load_pretrained,
@@ -151,6 +152,7 @@ def train_generator(
         "checkpoint_every": max(sft.checkpoint_every, 1),
         "fail_after_epoch": int(fail_after) if fail_after else None,
         "item_loss_weight": sft.item_loss_weight,
+        "dropout": sft.dropout,
         "eval_every": sft.eval_every if validate else 0,
         "patience": sft.patience,
         "valid_beam_width": sft.valid_beam_width,
@@ -315,6 +317,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     else:
         model, tokenizer, state, log = restore_checkpoint(ckpt)
         token_map = np.asarray(state["token_map"], dtype=np.int64)
+    add_dropout(model, config["dropout"])  # hooks, not weights: re-added after every restore
     model = ray.train.torch.prepare_model(model)  # device placement + DDP when world > 1
     device = ray.train.torch.get_device()
     optimizer = torch.optim.AdamW(

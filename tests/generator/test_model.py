@@ -11,6 +11,7 @@ import torch
 from sgrec_ray.generator.model import (
     SIZES,
     GeneratorMeta,
+    add_dropout,
     build_model,
     identity_map,
     load_generator,
@@ -31,6 +32,23 @@ def test_named_sizes_build_and_unknown_size_names_allowed_values():
 def test_build_is_seeded():
     a, b = build_model("tiny", 20, seed=3), build_model("tiny", 20, seed=3)
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_dropout_acts_in_training_only_and_leaves_the_checkpoint_plain(tmp_path):
+    model = build_model("tiny", 20, seed=0)
+    ids = torch.randint(3, 20, (2, 9))
+    plain = model.eval()(input_ids=ids).logits
+    handles = add_dropout(model, 0.5)
+    assert len(handles) == 1 + 2 * len(model.model.layers)  # embeddings + attention, MLP per block
+    assert torch.equal(model.eval()(input_ids=ids).logits, plain)  # eval: hooks are a no-op
+    torch.manual_seed(1)
+    a = model.train()(input_ids=ids).logits
+    torch.manual_seed(2)
+    b = model(input_ids=ids).logits
+    assert not torch.allclose(a, b) and not torch.allclose(a, plain)
+    model.save_pretrained(tmp_path)  # a plain Llama config: nothing for loaders to know about
+    assert json.loads((tmp_path / "config.json").read_text())["attention_dropout"] == 0.0
+    assert add_dropout(build_model("tiny", 20), 0.0) == []
 
 
 def _meta(n_items: int, depth: int) -> GeneratorMeta:
