@@ -303,6 +303,25 @@ def _annotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth(args: argparse.Namespace) -> int:
+    """Write a synthetic log + catalogue and print the figures and the overrides that read it."""
+    from sgrec_ray.data import synth
+
+    spec = synth.SynthSpec(
+        n_events=args.events,
+        n_users=args.users,
+        n_items=args.items,
+        n_topics=args.topics,
+        shards=args.shards,
+        seed=args.seed,
+        bad_rows=args.bad_rows,
+    )
+    figures = synth.write(args.out, spec)
+    print(json.dumps(figures, indent=2))
+    print("read it with: " + " ".join(f"--set {o!r}" for o in synth.data_overrides(args.out)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sgrec", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -364,11 +383,28 @@ def main(argv: list[str] | None = None) -> int:
         "--reviewer", default=None, help="reviewer of rows whose reviewer cell is empty"
     )
 
+    synth_p = sub.add_parser(
+        "synth",
+        help="write a synthetic log (Parquet shards) + item catalogue of any size",
+        parents=[_DEBUG],
+    )
+    synth_p.add_argument("out", help="output folder, any URI (events/ and items.parquet)")
+    synth_p.add_argument("--events", type=int, required=True, help="events, e.g. 10000000")
+    synth_p.add_argument("--users", type=int, default=None, help="default: events / 50")
+    synth_p.add_argument("--items", type=int, default=None, help="default: events / 100")
+    synth_p.add_argument("--topics", type=int, default=50)
+    synth_p.add_argument("--shards", type=int, default=None, help="default: one per 1M events")
+    synth_p.add_argument("--seed", type=int, default=0)
+    synth_p.add_argument("--bad-rows", type=int, default=3, help="bad rows per reject reason")
+
     args = p.parse_args(argv)
     return _guarded(lambda: _dispatch(args), args.debug)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.cmd == "synth":
+        _setup_logging(False)
+        return _synth(args)
     if args.cmd == "annotate":
         _setup_logging(False)
         return _annotate(args)

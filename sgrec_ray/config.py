@@ -78,6 +78,12 @@ class DataSection:
     # minionerec: which split file trains the generator when the train CSV is absent (the shared
     # Office slice ships valid + test only). None = require a train split.
     minionerec_train_from: Literal["valid"] | None = None
+    # Where the event log is processed. ray: Ray Data (shards read in parallel, a distributed
+    # shuffle by user; the driver never holds the log; leave_one_out on movielens/generic only);
+    # memory: in the driver (every source and split); auto: ray for a movielens/generic log of
+    # 8 MiB or more with split leave_one_out, memory otherwise (Ray's start-up costs more than a
+    # small log). Both give identical outputs (tests/data/test_distributed.py).
+    engine: Literal["auto", "ray", "memory"] = "auto"
 
 
 @dataclass

@@ -302,6 +302,34 @@ def _identity(table: pa.Table, names: list[str]) -> dict[str, str]:
 
 def load_generic(cfg: DataSection) -> Loaded:
     """A team's own logs + catalogue (+ users): any URI, Parquet or CSV, ``data.columns`` names."""
+    log_uri, mapping, string_columns = _generic_log(cfg)
+    events = read_any_table(log_uri, string_columns=string_columns)
+    require_columns(events.column_names, list(mapping.values()), log_uri, hint=MAP_COLUMNS_HINT)
+    parts = load_generic_catalogue(cfg)
+    return Loaded(
+        items=parts.items, events=Source(events, parts.log_uri, parts.mapping), users=parts.users
+    )
+
+
+@dataclass
+class GenericParts:
+    """A generic source without its event log read: the catalogue, users, and how to read the log
+    (the distributed data stage reads the log's shards on the workers)."""
+
+    items: Source
+    users: Source | None
+    log_uri: str
+    mapping: dict[str, str]  # canonical role → the log's column name
+    string_columns: list[str]  # log columns read as strings from delimited files
+
+
+MAP_COLUMNS_HINT = (
+    "Map your column names with data.columns.<role>=<name> (rating/value may be null)."
+)
+
+
+def _generic_log(cfg: DataSection) -> tuple[str, dict[str, str], list[str]]:
+    """The log's URI, canonical role → column name, and the columns read as strings."""
     if not cfg.path:
         raise DataError("data.source=generic needs data.path: the interaction log (Parquet or CSV)")
     if not cfg.items_path:
@@ -318,16 +346,14 @@ def load_generic(cfg: DataSection) -> Loaded:
         "value": cols.value,
     }
     mapping: dict[str, str] = {k: v for k, v in roles.items() if v}
-    log_uri = storage.normalize(cfg.path)
-    events = read_any_table(log_uri, string_columns=[cols.user_id, cols.item_id, cols.timestamp])
-    require_columns(
-        events.column_names,
-        list(mapping.values()),
-        log_uri,
-        hint="Map your column names with data.columns.<role>=<name> (rating/value may be null).",
-    )
+    return storage.normalize(cfg.path), mapping, [cols.user_id, cols.item_id, cols.timestamp]
 
-    items_uri = storage.normalize(cfg.items_path)
+
+def load_generic_catalogue(cfg: DataSection) -> GenericParts:
+    """Check the generic source's settings and read its catalogue and users (not the log)."""
+    log_uri, mapping, string_columns = _generic_log(cfg)
+    cols = cfg.columns
+    items_uri = storage.normalize(cfg.items_path or "")
     items = read_any_table(items_uri, string_columns=[cols.item_id, "item_id"])
     id_col = cols.item_id if cols.item_id in items.column_names else "item_id"
     require_columns(
@@ -353,8 +379,10 @@ def load_generic(cfg: DataSection) -> Loaded:
             table.column_names, [uid], users_uri, hint="The users file needs a user id column."
         )
         users = Source(table, users_uri, {"user_id": uid})
-    return Loaded(
+    return GenericParts(
         items=Source(items, items_uri, item_map),
-        events=Source(events, log_uri, mapping),
         users=users,
+        log_uri=log_uri,
+        mapping=mapping,
+        string_columns=string_columns,
     )

@@ -28,13 +28,21 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from sgrec_ray import storage
 from sgrec_ray.config import ConfigError, DataSection
 from sgrec_ray.data import schema, split
-from sgrec_ray.data.loaders import Loaded, compose_text, load_generic, load_movielens, natural_key
+from sgrec_ray.data.loaders import (
+    Loaded,
+    compose_text,
+    load_generic,
+    load_generic_catalogue,
+    load_movielens,
+    natural_key,
+)
 from sgrec_ray.data.minionerec import MiniOneRecData, load_minionerec, sid_codes_table
-from sgrec_ray.data.stats import compute_stats, format_stats
+from sgrec_ray.data.stats import compute_stats, format_stats, stats_from_counts
 from sgrec_ray.data.validate import (
     Events,
     Rejects,
@@ -67,6 +75,11 @@ class DataTables:
 
 def run(ctx: RunContext) -> StageResult:
     """Build the canonical tables for ``ctx.cfg.data``, write them to ``ctx.stage_uri("data")``."""
+    if uses_ray(ctx.cfg.data):
+        from sgrec_ray.ray_utils import ensure_ray
+
+        ensure_ray(ctx.cfg)
+        return run_distributed(ctx)
     tables = build(ctx.cfg.data)
     outputs = {
         "items": (schema.ITEMS_FILE, tables.items),
@@ -110,12 +123,46 @@ def build(cfg: DataSection) -> DataTables:
 # --------------------------------------------------------------------------------------------
 # Shared helpers
 
+AUTO_RAY_BYTES = 8 * 2**20  # engine=auto: logs this big go through Ray Data
+
+
+def _log_bytes(cfg: DataSection) -> int:
+    """Size of the event log on storage (a file, or a folder's files); 0 if it cannot be seen."""
+    if cfg.source == "movielens":
+        return 0  # ML-100k: 2 MB, parsed by its loader
+    if not cfg.path or not storage.exists(cfg.path):
+        return 0
+    fs, path = storage.filesystem(cfg.path)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        return int(info.size or 0)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    return sum(int(i.size or 0) for i in infos if i.type == pafs.FileType.File)
+
+
+def uses_ray(cfg: DataSection) -> bool:
+    """Whether the data stage runs on Ray Data (``data.engine``; auto: big generic logs)."""
+    supported = cfg.source in ("movielens", "generic") and cfg.split == "leave_one_out"
+    if cfg.engine == "memory":
+        return False
+    if cfg.engine == "ray":
+        if not supported:
+            raise ConfigError(
+                "data.engine: ray runs split=leave_one_out on movielens or generic sources; "
+                f"got source={cfg.source!r}, split={cfg.split!r}: use engine auto or memory"
+            )
+        return True
+    return supported and _log_bytes(cfg) >= AUTO_RAY_BYTES
+
 
 def _delete(uri: str) -> None:
     if storage.exists(uri):
         fs, path = storage.filesystem(uri)
-        if fs.get_file_info(path).type == pafs.FileType.File:
+        kind = fs.get_file_info(path).type
+        if kind == pafs.FileType.File:
             fs.delete_file(path)
+        elif kind == pafs.FileType.Directory:
+            fs.delete_dir(path)
 
 
 def _items_table(
@@ -257,6 +304,111 @@ def _users_table(src: Source, kept: list[str], rejects: Rejects) -> tuple[pa.Tab
     kept_set = set(kept)
     unused = sum(1 for u in ids if u not in kept_set)
     return table.take(pa.array(take, pa.int64())), unused, len(kept) - len(take)
+
+
+# --------------------------------------------------------------------------------------------
+# Event logs on Ray Data (sgrec_ray.data.distributed)
+
+
+def run_distributed(ctx: RunContext) -> StageResult:
+    """The event-log stage on Ray Data: same outputs as :func:`build` + writing, without the log
+    in the driver. Event-sized outputs are part folders when the log needs more than one bucket."""
+    from sgrec_ray.data import distributed as dist
+
+    cfg = ctx.cfg.data
+    if cfg.max_history < 1:
+        raise ConfigError(f"data.max_history: must be >= 1, got {cfg.max_history}")
+    if cfg.max_users is not None and cfg.max_users < 1:
+        raise ConfigError(f"data.max_users: must be >= 1 or null, got {cfg.max_users}")
+    rejects = Rejects(cfg.on_bad_rows)
+    if cfg.source == "movielens":
+        loaded = load_movielens(cfg)
+        items_src, users_src = loaded.items, loaded.users
+        first, columns = dist.loaded_input(loaded.events)
+        inputs = [first]
+    else:
+        parts = load_generic_catalogue(cfg)
+        items_src, users_src, columns = parts.items, parts.users, parts.mapping
+        inputs = dist.event_inputs(parts.log_uri, parts.string_columns)
+    catalogue = validate_items(items_src, rejects)
+    n_item_rejects = len(rejects.rows)
+    built: dict[str, Any] = {}
+
+    def items_for(keep: set[str] | None) -> pa.Array:
+        items, _, missing = _items_table(catalogue, keep, cfg.item_text_fields, items_src.uri)
+        built.update(items=items, missing=missing)
+        return items.column("item_id").combine_chunks()
+
+    outputs = {name: ctx.path("data", file) for name, file in dist.EVENT_OUTPUTS.items()}
+    work = ctx.path("data", dist.WORK_DIR)
+    result, event_rejects = dist.run_event_log(
+        cfg,
+        inputs,
+        columns,
+        catalogue.column("item_id").combine_chunks(),
+        outputs,
+        work,
+        items_for,
+        want_users=users_src is not None,
+    )
+    items: pa.Table = built["items"]
+    extra: dict[str, Any] = {"protocol": "leave_one_out (stable time sort, ties keep file order)"}
+    if result.n_events and result.ts_big >= result.n_events - result.n_events // 2:
+        note = "timestamps look like milliseconds (median > 1e11); data expects epoch seconds"
+        log.warning(note)
+        extra["notes"] = [note]
+    users = None
+    if users_src is not None:
+        users, n_unused, n_without = _users_table(users_src, result.kept_users or [], rejects)
+        extra["users_file_rows_without_events"] = n_unused
+        extra["users_without_features"] = n_without
+
+    # rejects.parquet: item rejects, event rejects (shard by shard, in file order), user rejects.
+    rejects_uri = ctx.path("data", schema.REJECTS_FILE)
+    fs, path = storage.filesystem(rejects_uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    counts = rejects.counts.copy()
+    with pq.ParquetWriter(path, schema.REJECTS, filesystem=fs) as writer:
+        writer.write_table(
+            pa.Table.from_pylist(rejects.rows[:n_item_rejects], schema=schema.REJECTS)
+        )
+        for table in event_rejects:
+            counts.update(table.column("reason").to_pylist())
+            writer.write_table(table)
+        writer.write_table(
+            pa.Table.from_pylist(rejects.rows[n_item_rejects:], schema=schema.REJECTS)
+        )
+    _delete(work)
+
+    written = {"items": ctx.path("data", schema.ITEMS_FILE)}
+    storage.write_table(written["items"], items)
+    if users is not None:
+        written["users"] = ctx.path("data", schema.USERS_FILE)
+        storage.write_table(written["users"], users)
+    written.update(outputs)
+    written["rejects"] = rejects_uri
+    _delete(ctx.path("data", schema.SID_CODES_FILE))
+    stats = stats_from_counts(
+        length_hist=result.length_hist,
+        n_items=items.num_rows,
+        rating_mean=result.rating_sum / result.rating_count if result.rating_count else None,
+        rejects=counts,
+        users_excluded=result.users_excluded,
+        min_user_events=cfg.min_user_events,
+        train_rows=result.train_rows,
+        train_targets=result.train_targets,
+        valid_rows=result.valid_rows,
+        test_rows=result.test_rows,
+        items_missing_text=built["missing"],
+        extra=extra,
+    )
+    written["stats"] = ctx.path("data", schema.STATS_FILE)
+    storage.write_json(written["stats"], stats)
+    log.info("data on Ray Data: %d buckets, %s", result.buckets, result.seconds)
+    text = format_stats(stats, title=f"data: {ctx.cfg.run.name} ({cfg.source})")
+    log.info("\n%s", text)
+    print(text, flush=True)
+    return StageResult(outputs=written, metrics=stats)
 
 
 # --------------------------------------------------------------------------------------------
