@@ -172,41 +172,38 @@ def _sample_keys(batch: dict, inputs: list[EventInput], user_col: str) -> Iterat
         yield pa.table({"ukey": keys_arr, "rows": pa.array(rows)})
 
 
-class _Validate:
-    """Read a shard in batches and validate each; rejects go to part files, clean rows on."""
-
-    def __call__(
-        self,
-        batch: dict,
-        inputs: list[EventInput],
-        columns: dict[str, str],
-        known: pa.Array,
-        boundaries: list[bytes],
-        max_key: bytes | None,
-        rejects_dir: str,
-        error_mode: bool,
-    ) -> Iterator[pa.Table]:
-        for i in batch["shard"]:
-            shard = int(i)
-            inp = inputs[shard]
-            _shard_columns(inp, columns)
-            for b, (raw, offset) in enumerate(read_batches(inp)):
-                if inp.kind != "parquet":
-                    require_columns(raw.column_names, list(columns.values()), inp.uri)
-                rows = np.arange(offset, offset + raw.num_rows, dtype=np.int64)
-                if "__row" in raw.column_names:  # a loaded table carries its own row numbers
-                    rows = raw.column("__row").to_numpy()
-                    raw = raw.drop_columns(["__row"])
-                clean, rejects = validate_event_batch(raw, columns, known, inp.uri, shard, rows)
-                if error_mode:
-                    raise_first(rejects)
-                if rejects.num_rows:
-                    storage.write_table(
-                        storage.join(rejects_dir, f"s{shard:06d}-b{b:06d}.parquet"), rejects
-                    )
-                if max_key is not None:
-                    clean = clean.filter(pc.less_equal(clean.column("ukey"), pa.scalar(max_key)))
-                yield clean.append_column("bucket", _buckets(clean.column("ukey"), boundaries))
+def _validate_shards(
+    batch: dict,
+    inputs: list[EventInput],
+    columns: dict[str, str],
+    known: pa.Array,
+    boundaries: list[bytes],
+    max_key: bytes | None,
+    rejects_dir: str,
+    error_mode: bool,
+) -> Iterator[pa.Table]:
+    """Read shards in batches and validate each; rejects go to part files, clean rows on."""
+    for i in batch["shard"]:
+        shard = int(i)
+        inp = inputs[shard]
+        _shard_columns(inp, columns)
+        for b, (raw, offset) in enumerate(read_batches(inp)):
+            if inp.kind != "parquet":
+                require_columns(raw.column_names, list(columns.values()), inp.uri)
+            rows = np.arange(offset, offset + raw.num_rows, dtype=np.int64)
+            if "__row" in raw.column_names:  # a loaded table carries its own row numbers
+                rows = raw.column("__row").to_numpy()
+                raw = raw.drop_columns(["__row"])
+            clean, rejects = validate_event_batch(raw, columns, known, inp.uri, shard, rows)
+            if error_mode:
+                raise_first(rejects)
+            if rejects.num_rows:
+                storage.write_table(
+                    storage.join(rejects_dir, f"s{shard:06d}-b{b:06d}.parquet"), rejects
+                )
+            if max_key is not None:
+                clean = clean.filter(pc.less_equal(clean.column("ukey"), pa.scalar(max_key)))
+            yield clean.append_column("bucket", _buckets(clean.column("ukey"), boundaries))
 
 
 def _buckets(ukeys: pa.ChunkedArray | pa.Array, boundaries: list[bytes]) -> pa.Array:
@@ -443,7 +440,7 @@ def run_event_log(
 
     def validated(**overrides: Any) -> Any:
         return shards.map_batches(
-            _Validate, batch_size=1, compute=ray.data.TaskPoolStrategy(),
+            _validate_shards, batch_size=1,
             fn_kwargs={**validate_kwargs, **overrides},
         )  # fmt: skip
 
