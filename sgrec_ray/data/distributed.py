@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 BATCH_ROWS = 262_144  # rows per validated batch (a Ray Data block)
 SAMPLES_PER_BATCH = 2_000
+ROWS_PER_BUCKET = 1_000_000  # events per bucket: sets the number of buckets (and part files)
 WORK_DIR = "_work"  # scratch inside the stage's attempt folder, removed at the end
 EVENT_OUTPUTS = {
     "interactions": schema.INTERACTIONS_FILE,
@@ -169,7 +170,14 @@ def _sample_keys(batch: dict, inputs: list[EventInput], user_col: str) -> Iterat
         keys_arr = pa.concat_arrays(keys) if keys else pa.array([None], pa.binary())
         rows = np.zeros(len(keys_arr), dtype=np.int64)
         rows[0] = total  # the shard's row count rides on its first sampled key
-        yield pa.table({"ukey": keys_arr, "rows": pa.array(rows)})
+        node = [_node_id()] * len(keys_arr)
+        yield pa.table({"ukey": keys_arr, "rows": pa.array(rows), "node": pa.array(node)})
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
 
 
 def _validate_shards(
@@ -253,6 +261,7 @@ SUMMARY = pa.schema(
         ("dup_file", pa.list_(pa.int32())),
         ("dup_row", pa.list_(pa.int64())),
         ("users", pa.list_(pa.string())),
+        ("node", pa.string()),  # the Ray node that processed the bucket
     ]
 )
 
@@ -321,6 +330,7 @@ def _process_bucket(group: pa.Table, job: BucketJob) -> pa.Table:
                 "dup_file": dups.column("file").to_pylist(),
                 "dup_row": dups.column("row").to_pylist(),
                 "users": user_ids.to_pylist() if job.want_users else [],
+                "node": _node_id(),
             }
         ],
         schema=SUMMARY,
@@ -365,6 +375,7 @@ class EventLogResult:
     buckets: int
     kept_users: list[str] | None
     seconds: dict[str, float]
+    nodes: dict[str, list[str]]  # step → the Ray nodes its tasks ran on
 
 
 def _unwrap(err: BaseException) -> BaseException:
@@ -398,7 +409,7 @@ def run_event_log(
     work_uri: str,
     items_for: Callable[[set[str] | None], pa.Array],
     want_users: bool,
-    rows_per_bucket: int = 1_000_000,
+    rows_per_bucket: int | None = None,
 ) -> tuple[EventLogResult, Iterator[pa.Table]]:
     """Run steps 1-3 of the module recipe; return the figures and an iterator of the event
     rejects (per shard, in file order) for the driver to write.
@@ -469,7 +480,7 @@ def run_event_log(
         keys = keys.filter(pc.less_equal(keys, pa.scalar(max_key)))
         seconds["max_users"] = time.time() - t0
 
-    n_buckets = max(1, math.ceil(total_rows / rows_per_bucket))
+    n_buckets = max(1, math.ceil(total_rows / (rows_per_bucket or ROWS_PER_BUCKET)))
     n_buckets = min(n_buckets, max(1, len(keys)))
     boundaries = [keys[int(len(keys) * k / n_buckets)].as_py() for k in range(1, n_buckets)]
     boundaries = sorted(set(boundaries))
@@ -542,6 +553,10 @@ def run_event_log(
         buckets=n_buckets,
         kept_users=users,
         seconds=seconds,
+        nodes={
+            "read": sorted(set(sample_table.column("node").to_pylist())),
+            "buckets": sorted(set(col["node"])),
+        },
     )
     return result, _event_rejects(inputs, storage.join(work_uri, "rejects"), dup_by_shard)
 

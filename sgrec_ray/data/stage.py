@@ -313,6 +313,12 @@ def _users_table(src: Source, kept: list[str], rejects: Rejects) -> tuple[pa.Tab
 def run_distributed(ctx: RunContext) -> StageResult:
     """The event-log stage on Ray Data: same outputs as :func:`build` + writing, without the log
     in the driver. Event-sized outputs are part folders when the log needs more than one bucket."""
+    return build_distributed(ctx)[0]
+
+
+def build_distributed(ctx: RunContext) -> tuple[StageResult, Any]:
+    """:func:`run_distributed`, also returning the run's figures (buckets, seconds per step, the
+    Ray nodes each step ran on: a ``distributed.EventLogResult``)."""
     from sgrec_ray.data import distributed as dist
 
     cfg = ctx.cfg.data
@@ -404,11 +410,14 @@ def run_distributed(ctx: RunContext) -> StageResult:
     )
     written["stats"] = ctx.path("data", schema.STATS_FILE)
     storage.write_json(written["stats"], stats)
-    log.info("data on Ray Data: %d buckets, %s", result.buckets, result.seconds)
+    log.info(
+        "data on Ray Data: %d buckets, seconds %s, nodes %s",
+        result.buckets, result.seconds, result.nodes,
+    )  # fmt: skip
     text = format_stats(stats, title=f"data: {ctx.cfg.run.name} ({cfg.source})")
     log.info("\n%s", text)
     print(text, flush=True)
-    return StageResult(outputs=written, metrics=stats)
+    return StageResult(outputs=written, metrics=stats), result
 
 
 # --------------------------------------------------------------------------------------------
