@@ -117,6 +117,9 @@ def read_batches(
             for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns):
                 yield pa.Table.from_batches([batch]), offset
                 offset += batch.num_rows
+            if offset == 0:  # an empty shard still gives one (empty) batch with its columns
+                names = columns or pf.schema_arrow.names
+                yield pf.schema_arrow.empty_table().select(names), 0
         return
     if inp.kind == "table":
         assert inp.table is not None

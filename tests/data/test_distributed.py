@@ -99,7 +99,7 @@ def _bad_log(tmp_path):
 def test_bad_rows_give_the_same_rejects(ray_session, data_cfg, tmp_path):
     memory, ray_ = _both(data_cfg(**_bad_log(tmp_path)), tmp_path)
     assert memory.metrics["rejects"] == {
-        "bad_rating": 1, "bad_timestamp": 1, "duplicate_event": 1, "duplicate_user": 2,
+        "bad_rating": 1, "bad_timestamp": 1, "duplicate_event": 1, "duplicate_user": 1,
         "missing_item_id": 1, "missing_user_id": 2, "unknown_item": 1,
     }  # fmt: skip
     _assert_same(memory, ray_)
