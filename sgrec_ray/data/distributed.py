@@ -248,6 +248,7 @@ class BucketJob:
     outputs: dict[str, str]  # name → file URI (one bucket) or folder URI (parts)
     single: bool
     item_order: pa.Array  # item_id of item_idx 0..n-1
+    max_key: bytes | None  # max_users: the last kept user's key (later users only dedup)
     max_history: int
     min_user_events: int
     want_users: bool
@@ -278,6 +279,9 @@ def _process_bucket(group: pa.Table, job: BucketJob) -> pa.Table:
     bucket = int(group.column("bucket")[0].as_py())
     ordered = sequences.order_events(group.drop_columns(["bucket"]))
     ev, starts = ordered.events, ordered.starts
+    if job.max_key is not None:  # max_users: keep the users up to the last kept one
+        kept = int(pc.sum(pc.less_equal(ev.column("ukey"), pa.scalar(job.max_key))).as_py() or 0)
+        ev, starts = ev.slice(0, kept), starts[starts <= kept]
     found = pc.index_in(ev.column("item_id"), value_set=job.item_order)
     if found.null_count:  # validation checked every item against the catalogue
         raise AssertionError("an event's item is not in the item table")
@@ -464,6 +468,7 @@ def run_event_log(
 
     # max_users: the first N users by natural id order among the *validated* events.
     keep_items: set[str] | None = None
+    max_key: bytes | None = None
     if cfg.max_users is not None:
         t0 = time.time()
         n = cfg.max_users
@@ -478,14 +483,12 @@ def run_event_log(
         top = pc.unique(top)
         top = top.take(pc.sort_indices(top)).slice(0, n)
         max_key = top[-1].as_py() if len(top) else b""
-        validate_kwargs["max_key"] = max_key
-        keep_items = set(_run(lambda: validated().select_columns(["item_id"]).unique("item_id")))
-        kept_share = float(pc.sum(pc.less_equal(keys, pa.scalar(max_key))).as_py() or 0) / max(
-            len(keys), 1
+        keep_items = set(
+            _run(lambda: validated(max_key=max_key).select_columns(["item_id"]).unique("item_id"))
         )
-        total_rows = int(total_rows * kept_share)
-        keys = keys.filter(pc.less_equal(keys, pa.scalar(max_key)))
         seconds["max_users"] = time.time() - t0
+        # Every user still goes through the shuffle: a duplicate is counted for every user (as
+        # the in-memory stage does) before the buckets drop the users after the first N.
 
     n_buckets = max(1, math.ceil(total_rows / (rows_per_bucket or ROWS_PER_BUCKET)))
     n_buckets = min(n_buckets, max(1, len(keys)))
@@ -499,6 +502,7 @@ def run_event_log(
         outputs=outputs,
         single=n_buckets == 1,
         item_order=item_order,
+        max_key=max_key,
         max_history=cfg.max_history,
         min_user_events=cfg.min_user_events,
         want_users=want_users,

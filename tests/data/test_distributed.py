@@ -81,6 +81,7 @@ def _bad_log(tmp_path):
         "u10,D,6,3\n"
         "u10,A,7,3\n"
         "u10,B,8,3\n"
+        "u10,B,8,1\n"  # a duplicate of the row above
     )
     (tmp_path / "users.csv").write_text("uid,country\nu1,DE\nu2,FR\nu2,IT\n,XX\nu99,US\n")
     return {
@@ -99,9 +100,15 @@ def _bad_log(tmp_path):
 def test_bad_rows_give_the_same_rejects(ray_session, data_cfg, tmp_path):
     memory, ray_ = _both(data_cfg(**_bad_log(tmp_path)), tmp_path)
     assert memory.metrics["rejects"] == {
-        "bad_rating": 1, "bad_timestamp": 1, "duplicate_event": 1, "duplicate_user": 1,
+        "bad_rating": 1, "bad_timestamp": 1, "duplicate_event": 2, "duplicate_user": 1,
         "missing_item_id": 1, "missing_user_id": 2, "unknown_item": 1,
     }  # fmt: skip
+    _assert_same(memory, ray_)
+
+
+def test_max_users_still_counts_every_users_duplicates(ray_session, data_cfg, tmp_path):
+    memory, ray_ = _both(data_cfg(**{**_bad_log(tmp_path), "max_users": 2}), tmp_path)
+    assert memory.metrics["users"] == 2 and memory.metrics["rejects"]["duplicate_event"] == 2
     _assert_same(memory, ray_)
 
 
