@@ -435,6 +435,10 @@ def run_event_log(
     shards = ray.data.from_items(
         [{"shard": i} for i in range(len(inputs))], override_num_blocks=len(inputs)
     )
+    # A dataset keeps the DataContext it was made with: set the shuffle batch on this one only.
+    shards.context.shuffle_input_batch_bytes = min(
+        shards.context.shuffle_input_batch_bytes, SHUFFLE_INPUT_BATCH_BYTES
+    )
     user_col = columns["user_id"]
 
     # 1. Sample user keys → bucket boundaries.
@@ -513,20 +517,14 @@ def run_event_log(
 
     # 2 + 3. Validate, shuffle by bucket, per-user work per bucket.
     t0 = time.time()
-    context = ray.data.DataContext.get_current()
-    batch_bytes = context.shuffle_input_batch_bytes
-    context.shuffle_input_batch_bytes = min(batch_bytes, SHUFFLE_INPUT_BATCH_BYTES)
-    try:
-        summaries = _run(
-            lambda: (
-                validated()
-                .groupby("bucket", num_partitions=n_buckets)
-                .map_groups(_process_bucket, batch_format="pyarrow", fn_kwargs={"job": job})
-                .to_arrow_refs()
-            )
+    summaries = _run(
+        lambda: (
+            validated()
+            .groupby("bucket", num_partitions=n_buckets)
+            .map_groups(_process_bucket, batch_format="pyarrow", fn_kwargs={"job": job})
+            .to_arrow_refs()
         )
-    finally:
-        context.shuffle_input_batch_bytes = batch_bytes
+    )
     summary = pa.concat_tables([t for t in ray.get(summaries)] or [SUMMARY.empty_table()])
     summary = summary.take(pc.sort_indices(summary, [("bucket", "ascending")]))
     seconds["validate_shuffle_split"] = time.time() - t0
