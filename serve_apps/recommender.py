@@ -127,6 +127,7 @@ def _load(settings: dict[str, Any], catalogue: Any) -> ServingModel:
         device=settings["device"],
         max_history=settings["max_history"],
         catalogue=catalogue,
+        history_cache=settings.get("history_cache"),
     )
 
 
@@ -311,6 +312,7 @@ def build_app(
         "beam_width": s.beam_width,
         "max_history": s.max_history,
         "device": s.device,
+        "history_cache": s.history_cache,
         "max_batch_size": s.max_batch_size,
         "batch_wait_timeout_s": s.batch_wait_timeout_s,
         "torch_threads": s.torch_threads,

@@ -385,6 +385,10 @@ class ServeSection:
     # The data stage folder (catalogue, histories, popularity) and the sid stage folder. None = this run's.
     data: str | None = None
     sid: str | None = None
+    # Node-local folder for the memory-mapped user-history store each node builds once from the
+    # data folder and its replicas share (sgrec_ray/serving/histories.py); a fast local disk
+    # (NVMe). None = <system temp dir>/sgrec-histories.
+    history_cache: str | None = None
     device: str = "cpu"
     beam_width: int = 20
     k_default: int = 10

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -178,7 +180,7 @@ def write_json(uri: str, obj: Any) -> None:
 
 
 def read_table(uri: str, columns: list[str] | None = None) -> pa.Table:
-    if normalize(uri).startswith(("http://", "https://")):
+    if _is_http(uri):
         # Plain web servers need not support range requests, which seeking in Parquet needs.
         return pq.read_table(pa.BufferReader(read_bytes(uri)), columns=columns)
     fs, path = filesystem(uri)
@@ -217,3 +219,33 @@ def upload_dir(local_dir: str, uri: str) -> None:
     pafs.copy_files(
         local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs
     )
+
+
+def _is_http(uri: str) -> bool:
+    return normalize(uri).startswith(("http://", "https://"))
+
+
+def iter_batches(
+    uri: str, columns: list[str] | None = None, batch_size: int = 1 << 16
+) -> Iterator[pa.RecordBatch]:
+    """Record batches of a Parquet file or folder of shards, in file order, one batch in memory.
+
+    For stages whose input grows with the log: they stream through it instead of reading it whole.
+    """
+    if _is_http(uri):  # no range reads: the whole file, then its batches
+        yield from read_table(uri, columns=columns).to_batches(max_chunksize=batch_size)
+        return
+    fs, path = filesystem(uri)
+    dataset = pads.dataset(path, filesystem=fs, format="parquet")
+    # use_threads=False keeps file order (stages rely on it: per-user time order, sample order).
+    yield from dataset.scanner(
+        columns=columns, batch_size=batch_size, use_threads=False
+    ).to_batches()
+
+
+def count_rows(uri: str) -> int:
+    """Rows of a Parquet file or folder of shards, from the footers (no data read)."""
+    if _is_http(uri):
+        return read_table(uri, columns=[]).num_rows
+    fs, path = filesystem(uri)
+    return pads.dataset(path, filesystem=fs, format="parquet").count_rows()

@@ -10,15 +10,42 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+
+from sgrec_ray import storage
+
+
+def window_targets(items: pa.Array | pa.ChunkedArray, loss_from: np.ndarray) -> np.ndarray:
+    """int64 item_idx of every training target of SEQUENCES rows (positions >= loss_from), in
+    row order; vectorised over the flat item array, no per-row Python."""
+    if isinstance(items, pa.ChunkedArray):
+        items = items.combine_chunks() if items.num_chunks else pa.array([], pa.list_(pa.int32()))
+    lengths = pc.fill_null(pc.list_value_length(items), 0).to_numpy().astype(np.int64)
+    flat = pc.list_flatten(items).to_numpy(zero_copy_only=False).astype(np.int64)
+    row_start = np.cumsum(lengths) - lengths
+    pos = np.arange(len(flat), dtype=np.int64) - np.repeat(row_start, lengths)
+    return flat[pos >= np.repeat(np.asarray(loss_from, dtype=np.int64), lengths)]
 
 
 def item_counts(train: pa.Table, n_items: int) -> np.ndarray:
     """How often each item is a training target (positions >= loss_from of SEQUENCES rows)."""
+    targets = window_targets(train.column("items"), train.column("loss_from").to_numpy())
+    return _count(targets, n_items)
+
+
+def _count(targets: np.ndarray, n_items: int) -> np.ndarray:
+    counts = np.bincount(targets, minlength=n_items).astype(np.int64)
+    if len(counts) > n_items:
+        raise IndexError(f"training target item_idx {len(counts) - 1} >= n_items {n_items}")
+    return counts
+
+
+def item_counts_streamed(train_uri: str, n_items: int, batch_rows: int = 1 << 16) -> np.ndarray:
+    """:func:`item_counts` of a SEQUENCES Parquet file or folder, one batch in memory at a time."""
     counts = np.zeros(n_items, dtype=np.int64)
-    for items, start in zip(
-        train.column("items").to_pylist(), train.column("loss_from").to_pylist(), strict=True
-    ):
-        np.add.at(counts, np.asarray(items[start:], dtype=np.int64), 1)
+    for batch in storage.iter_batches(train_uri, ["items", "loss_from"], batch_rows):
+        targets = window_targets(batch.column("items"), batch.column("loss_from").to_numpy())
+        counts += _count(targets, n_items)
     return counts
 
 

@@ -8,16 +8,17 @@ for every request without any error.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 
 from sgrec_ray import storage
 from sgrec_ray.data import schema
 from sgrec_ray.errors import UserError
-from sgrec_ray.eval.popularity import item_counts, popularity_ranking
+from sgrec_ray.eval.popularity import item_counts_streamed, popularity_ranking
 from sgrec_ray.generator.model import Generator
+from sgrec_ray.serving.histories import open_histories
 from sgrec_ray.sid.trie import SidVocab
 
 SID_TABLE_FILE = "sid_table.parquet"  # written by the sid stage (sgrec_ray.sid.stage)
@@ -38,7 +39,8 @@ class Catalogue:
     item_tokens: np.ndarray  # int64 [n_items, depth], SID token ids derived from the sid table
     vocab: SidVocab
     popularity: np.ndarray  # int64 [n_items]: item_idx by descending training-target count
-    histories: dict[str, np.ndarray]  # user_id -> int32 item_idx, oldest first (every known event)
+    # user_id -> int32 item_idx, oldest first (every known event): a mapped store, not a copy
+    histories: Mapping[str, np.ndarray]
     index: dict[str, int]  # item_id -> item_idx
 
     @property
@@ -46,17 +48,13 @@ class Catalogue:
         return len(self.item_ids)
 
 
-def _histories(interactions: pa.Table) -> dict[str, np.ndarray]:
-    # use_threads=False keeps file order inside each group; the file is sorted by user, time.
-    grouped = interactions.select(["user_id", "item_idx"]).group_by("user_id", use_threads=False)
-    table = grouped.aggregate([("item_idx", "list")])
-    users = table.column("user_id").to_pylist()
-    lists = table.column("item_idx_list").to_pylist()
-    return {u: np.asarray(items, dtype=np.int32) for u, items in zip(users, lists, strict=True)}
+def load_catalogue(data_uri: str, sid_uri: str, history_cache: str | None = None) -> Catalogue:
+    """Read the catalogue from a data stage folder and a sid stage folder (URIs).
 
-
-def load_catalogue(data_uri: str, sid_uri: str) -> Catalogue:
-    """Read the catalogue from a data stage folder and a sid stage folder (URIs)."""
+    Item tables are read whole (they grow with the catalogue, not the log); user histories are
+    mapped from a node-local store under ``history_cache`` (see :mod:`sgrec_ray.serving.histories`)
+    and the popularity counts stream over the training windows in batches.
+    """
     items = storage.read_table(storage.join(data_uri, schema.ITEMS_FILE)).sort_by("item_idx")
     n = items.num_rows
     if not np.array_equal(items.column("item_idx").to_numpy(), np.arange(n)):
@@ -70,10 +68,7 @@ def load_catalogue(data_uri: str, sid_uri: str) -> Catalogue:
     tokens = np.asarray(
         [vocab.item_tokens(c) for c in sid_table.column("codes").to_pylist()], dtype=np.int64
     )
-    counts = item_counts(storage.read_table(storage.join(data_uri, schema.TRAIN_FILE)), n)
-    interactions = storage.read_table(
-        storage.join(data_uri, schema.INTERACTIONS_FILE), columns=["user_id", "item_idx"]
-    )
+    counts = item_counts_streamed(storage.join(data_uri, schema.TRAIN_FILE), n)
     item_ids = items.column("item_id").to_pylist()
     return Catalogue(
         item_ids=item_ids,
@@ -82,7 +77,7 @@ def load_catalogue(data_uri: str, sid_uri: str) -> Catalogue:
         item_tokens=tokens,
         vocab=vocab,
         popularity=popularity_ranking(counts),
-        histories=_histories(interactions),
+        histories=open_histories(data_uri, history_cache),
         index={item_id: i for i, item_id in enumerate(item_ids)},
     )
 

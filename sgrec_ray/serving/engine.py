@@ -64,9 +64,13 @@ class ServingModel:
         device: str = "cpu",
         max_history: int | None = None,
         catalogue: Catalogue | None = None,
+        history_cache: str | None = None,
     ) -> ServingModel:
-        """Load checkpoint and catalogue (reusing ``catalogue`` if given); raise on any mismatch."""
-        catalogue = catalogue or load_catalogue(sources.data, sources.sid)
+        """Load checkpoint and catalogue (reusing ``catalogue`` if given); raise on any mismatch.
+
+        ``history_cache``: the node-local folder of the mapped history store (None: the default).
+        """
+        catalogue = catalogue or load_catalogue(sources.data, sources.sid, history_cache)
         rec = Recommender.load(sources.checkpoint, beam_width=beam_width, device=device)
         check_compatible(catalogue, rec.generator, sources.checkpoint)
         meta = rec.generator.meta
