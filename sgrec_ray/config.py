@@ -95,6 +95,13 @@ class SidSection:
     levels: int = 3
     codes: int = 32
     kmeans_n_init: int = 3
+    # k-means per RQ level (sgrec_ray/sid/rqkmeans.py): exact = scikit-learn KMeans with
+    # kmeans_n_init restarts (every figure in docs/; ML-100k's SIDs); minibatch = MiniBatchKMeans
+    # over float32 residuals, batches of kmeans_batch_size (10^6 items in bounded time and memory);
+    # auto = exact up to kmeans_minibatch_above items, minibatch beyond.
+    kmeans: Literal["auto", "exact", "minibatch"] = "auto"
+    kmeans_minibatch_above: int = 50_000
+    kmeans_batch_size: int = 4096
     seed: int = 0
     # minionerec data ships its own codes (RQ-VAE); "precomputed" uses them instead of rebuilding.
     method: Literal["rq_kmeans", "precomputed"] = "rq_kmeans"

@@ -69,6 +69,8 @@ RANGES: dict[str, Range] = {
     "sid.levels": COUNT,
     "sid.codes": Range(2),  # one code per level would say nothing about an item
     "sid.kmeans_n_init": COUNT,
+    "sid.kmeans_minibatch_above": COUNT,
+    "sid.kmeans_batch_size": COUNT,
     "sid.seed": SEED,
     "sid.cf_weight": UNIT,  # share of the squared distance from the collaborative part
     "sasrec.d_model": COUNT,

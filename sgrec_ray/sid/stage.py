@@ -21,7 +21,7 @@ from sgrec_ray.config import SidSection
 from sgrec_ray.data.schema import ITEMS_FILE, TRAIN_FILE
 from sgrec_ray.runs import RunContext, StageResult
 from sgrec_ray.sid.embed import embed_items, embeddings_table, item_texts, read_embeddings
-from sgrec_ray.sid.rqkmeans import resolve_collisions, rq_kmeans
+from sgrec_ray.sid.rqkmeans import kmeans_method, resolve_collisions, rq_kmeans
 from sgrec_ray.sid.trie import SidTrie, SidVocab
 
 STAGE = "sid"
@@ -116,8 +116,18 @@ def _embed_and_quantise(
         emb = quantisation_input(emb, cf, cfg.source, cfg.cf_weight)
         info["cf_dim"] = int(cf.shape[1])
     t0 = time.time()
-    rq = rq_kmeans(emb, cfg.levels, cfg.codes, n_init=cfg.kmeans_n_init, seed=cfg.seed)
+    rq = rq_kmeans(
+        emb,
+        cfg.levels,
+        cfg.codes,
+        n_init=cfg.kmeans_n_init,
+        seed=cfg.seed,
+        method=cfg.kmeans,
+        minibatch_above=cfg.kmeans_minibatch_above,
+        batch_size=cfg.kmeans_batch_size,
+    )
     info["kmeans_seconds"] = round(time.time() - t0, 2)
+    info["kmeans"] = kmeans_method(emb.shape[0], cfg.kmeans, cfg.kmeans_minibatch_above)
     info["clusters_fitted"] = rq.clusters_fitted
     info["quant_error"] = [round(q, 6) for q in rq.quant_error]
     return rq.codes.astype(np.int64), [cfg.codes] * cfg.levels, info, emb_uri

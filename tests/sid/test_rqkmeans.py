@@ -8,7 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from sgrec_ray.sid.rqkmeans import collision_rate, resolve_collisions, rq_kmeans
+from sgrec_ray.config import SidSection
+from sgrec_ray.sid.rqkmeans import (
+    MINIBATCH_ABOVE,
+    collision_rate,
+    kmeans_method,
+    resolve_collisions,
+    rq_kmeans,
+)
+
+ML100K_ITEMS = 1682
 
 # Small integer grids make duplicate points (and so collisions and K > distinct points) common.
 embeddings = st.integers(1, 40).flatmap(
@@ -95,3 +104,42 @@ def test_bad_inputs_raise():
         rq_kmeans(np.zeros((3, 3)), 0, 4)
     with pytest.raises(ValueError):
         resolve_collisions(np.zeros((0, 2), dtype=np.int32))
+
+
+def test_small_catalogues_keep_the_exact_path_so_ml100k_sids_are_unchanged():
+    """``auto`` (the default) is the exact k-means up to the threshold: an ML-100k-sized
+    catalogue gets bit-identical codes to an explicit ``exact`` run, which is the unchanged code
+    every SID in docs/ came from."""
+    cfg = SidSection()
+    assert cfg.kmeans == "auto" and cfg.kmeans_minibatch_above == MINIBATCH_ABOVE
+    assert kmeans_method(ML100K_ITEMS, cfg.kmeans, cfg.kmeans_minibatch_above) == "exact"
+    assert kmeans_method(MINIBATCH_ABOVE + 1) == "minibatch"
+    emb = np.random.default_rng(0).normal(size=(ML100K_ITEMS, 16)).astype(np.float32)
+    auto = rq_kmeans(emb, 3, 32, n_init=1, seed=0)
+    exact = rq_kmeans(emb, 3, 32, n_init=1, seed=0, method="exact")
+    np.testing.assert_array_equal(auto.codes, exact.codes)
+    assert auto.quant_error == exact.quant_error
+    # Below the threshold only when asked: the same items, mini-batch, give other codes.
+    mini = rq_kmeans(emb, 3, 32, n_init=1, seed=0, method="minibatch")
+    assert not np.array_equal(mini.codes, exact.codes)
+
+
+def test_minibatch_path_quantises_like_the_exact_one():
+    rng = np.random.default_rng(1)
+    centers = np.eye(4, 8) * 10
+    emb = np.concatenate([c + rng.normal(scale=0.1, size=(300, 8)) for c in centers])
+    rq = rq_kmeans(emb, levels=3, codes=4, n_init=2, seed=0, minibatch_above=100, batch_size=256)
+    assert rq.codes.shape == (1200, 3) and rq.codes.dtype == np.int32
+    assert rq.codes.min() >= 0 and rq.codes.max() < 4
+    first = rq.codes[:, 0].reshape(4, 300)
+    assert all(len(set(row)) == 1 for row in first) and len(set(first[:, 0])) == 4
+    assert rq.quant_error[2] < rq.quant_error[1] < rq.quant_error[0] < 0.1 * 8
+    again = rq_kmeans(emb, levels=3, codes=4, n_init=2, seed=0, minibatch_above=100, batch_size=256)
+    np.testing.assert_array_equal(rq.codes, again.codes)  # same seed, same codes
+    resolved, report = resolve_collisions(rq.codes)
+    assert report.collision_rate_after == 0.0 and resolved.shape == (1200, 4)
+
+
+def test_unknown_kmeans_method_names_the_choices():
+    with pytest.raises(ValueError, match=r"choose one of \['auto', 'exact', 'minibatch'\]"):
+        rq_kmeans(np.zeros((3, 3)), 1, 2, method="faiss")
