@@ -11,6 +11,7 @@ no second code path. Azure needs ``adlfs`` installed (fsspec names the package w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -249,3 +250,20 @@ def count_rows(uri: str) -> int:
         return read_table(uri, columns=[]).num_rows
     fs, path = filesystem(uri)
     return pads.dataset(path, filesystem=fs, format="parquet").count_rows()
+
+
+@contextlib.contextmanager
+def parquet_writer(uri: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+    """A Parquet file written batch by batch, for outputs that grow with the log (one batch in
+    memory instead of the whole table). An empty writer still leaves a valid, empty file."""
+    fs, path = filesystem(uri)
+    try:
+        parent = path.rsplit("/", 1)[0]
+        if parent:
+            fs.create_dir(parent, recursive=True)
+        with pq.ParquetWriter(path, schema, filesystem=fs) as writer:
+            yield writer
+    except OSError as err:
+        if not is_remote(normalize(uri)):
+            raise
+        raise _unavailable(uri, err) from err

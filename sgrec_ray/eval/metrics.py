@@ -52,6 +52,57 @@ def mrr(ranks: np.ndarray) -> float:
     return float(rr.mean())
 
 
+class RankingAccumulator:
+    """Ranking metrics over users added batch by batch, so a caller streaming predictions holds
+    8 bytes per user (the target's rank) plus one flag per catalogue item, not the lists.
+
+    Every figure is computed from the concatenated ranks exactly as :func:`ranking_metrics` does
+    for one list of all users (it is implemented with this class), so streamed and in-memory
+    results are identical.
+    """
+
+    def __init__(self, n_items: int, kmax: int) -> None:
+        self.n_items, self.kmax = n_items, kmax
+        self._ranks: list[np.ndarray] = []
+        self._slots = 0  # recommended items seen, top kmax of each user
+        self._valid = 0  # of which real catalogue items
+        self._recommended = np.zeros(max(n_items, 0), dtype=bool)
+
+    def add(self, ranked: Sequence[Sequence[int]], targets: Sequence[int]) -> None:
+        """One batch: per user, recommended item indices (best first) and the true next item."""
+        self._ranks.append(target_ranks(ranked, targets))
+        if not len(ranked):
+            return
+        flat = np.concatenate([np.asarray(r[: self.kmax], dtype=np.int64) for r in ranked])
+        valid = (flat >= 0) & (flat < self.n_items)
+        self._slots += int(flat.size)
+        self._valid += int(valid.sum())
+        self._recommended[flat[valid]] = True
+
+    @property
+    def ranks(self) -> np.ndarray:
+        return np.concatenate(self._ranks) if self._ranks else np.zeros(0, dtype=np.int64)
+
+    def metrics(self, ks: Sequence[int]) -> dict[str, float]:
+        """HR@k, NDCG@k, MRR, valid_rate, coverage@kmax, users (see :func:`ranking_metrics`)."""
+        ranks = self.ranks
+        out: dict[str, float] = {}
+        for k in sorted(set(ks)):
+            out[f"hr@{k}"] = hit_rate(ranks, k)
+            if k > 1:
+                out[f"ndcg@{k}"] = ndcg(ranks, k)
+        out["mrr"] = mrr(ranks)
+        # A share of 0/1 flags: an exact integer count over the slot count, as the mean was.
+        out["valid_rate"] = self._valid / self._slots if self._slots else 0.0
+        covered = int(self._recommended.sum())
+        out[f"coverage@{self.kmax}"] = covered / self.n_items if self.n_items else 0.0
+        out["users"] = float(ranks.size)
+        return out
+
+    def standard_errors(self, ks: Sequence[int]) -> dict[str, float]:
+        return rank_standard_errors(self.ranks, ks)
+
+
 def ranking_metrics(
     ranked: Sequence[Sequence[int]], targets: Sequence[int], ks: Sequence[int], n_items: int
 ) -> dict[str, float]:
@@ -60,21 +111,9 @@ def ranking_metrics(
     valid_rate: share of returned items that are real catalogue items (0 <= idx < n_items), per slot.
     coverage@k: distinct items recommended in anyone's top k (max k here), over the catalogue size.
     """
-    ranks = target_ranks(ranked, targets)
-    out: dict[str, float] = {}
-    for k in sorted(set(ks)):
-        out[f"hr@{k}"] = hit_rate(ranks, k)
-        if k > 1:
-            out[f"ndcg@{k}"] = ndcg(ranks, k)
-    out["mrr"] = mrr(ranks)
-    kmax = max(ks)
-    flat = np.concatenate([np.asarray(r[:kmax], dtype=np.int64) for r in ranked]) if ranked else []
-    flat = np.asarray(flat, dtype=np.int64)
-    valid = (flat >= 0) & (flat < n_items)
-    out["valid_rate"] = float(valid.mean()) if flat.size else 0.0
-    out[f"coverage@{kmax}"] = float(np.unique(flat[valid]).size / n_items) if n_items else 0.0
-    out["users"] = float(len(targets))
-    return out
+    acc = RankingAccumulator(n_items, max(ks))
+    acc.add(ranked, targets)
+    return acc.metrics(ks)
 
 
 def standard_errors(
@@ -85,7 +124,11 @@ def standard_errors(
     Every quality figure in a report is a mean over users; this is its sampling noise, so two
     methods on the same users can be told apart (or not) at a glance.
     """
-    ranks = target_ranks(ranked, targets)
+    return rank_standard_errors(target_ranks(ranked, targets), ks)
+
+
+def rank_standard_errors(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+    """:func:`standard_errors` from the targets' ranks (what :class:`RankingAccumulator` keeps)."""
     n = ranks.size
     out: dict[str, float] = {}
     if n < 2:

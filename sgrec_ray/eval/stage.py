@@ -2,12 +2,16 @@
 
 Generation runs as a Ray Data actor pool (one model per actor, batches of users), so the same code
 scores 943 users on a laptop or millions on a GPU cluster by changing ``eval.concurrency`` and
-``eval.gpus_per_actor``.
+``eval.gpus_per_actor``. The driver never holds the split: Ray Data reads the samples from Parquet,
+and the predictions stream back in sample order, batch by batch, into the predictions file and a
+:class:`RankingAccumulator` (8 bytes per user); the popularity rows stream over the same file.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,13 +19,51 @@ import pyarrow as pa
 
 from sgrec_ray import storage
 from sgrec_ray.data import schema
-from sgrec_ray.eval.metrics import ranking_metrics, standard_errors
-from sgrec_ray.eval.popularity import item_counts, popularity_ranking, recommend_popular
+from sgrec_ray.eval.metrics import RankingAccumulator, rank_standard_errors, target_ranks
+from sgrec_ray.eval.popularity import item_counts_streamed, popularity_ranking, recommend_popular
 from sgrec_ray.runs import RunContext, StageResult
 
 log = logging.getLogger(__name__)
 
 SUFFIX = {"plain": "", "exclude_seen": "_exclude_seen"}
+SAMPLE_COLUMNS = ["user_id", "history", "target", "seen"]
+BATCH_ROWS = 4096  # sample rows per batch when the driver streams a split (popularity, metrics)
+PREDICTIONS = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("target", pa.int32()),
+        ("items", pa.list_(pa.int64())),
+        ("scores", pa.list_(pa.float64())),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class SampleFile:
+    """An eval split on storage (SAMPLES Parquet), its first ``max_users`` rows: read by Ray Data
+    for generation and in batches by the driver, never whole."""
+
+    uri: str
+    max_users: int | None = None
+
+    def batches(self, columns: list[str], batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        left = self.max_users
+        for batch in storage.iter_batches(self.uri, columns, batch_rows):
+            if left is not None:
+                if left <= 0:
+                    return
+                batch = batch.slice(0, left)
+                left -= batch.num_rows
+            yield batch
+
+    def dataset(self) -> Any:
+        import ray
+
+        ds = ray.data.read_parquet(storage.normalize(self.uri), columns=SAMPLE_COLUMNS)
+        return ds.limit(self.max_users) if self.max_users is not None else ds
+
+
+Samples = pa.Table | SampleFile  # a table already in memory (small callers) or a split on storage
 
 
 class _TopK:
@@ -67,25 +109,23 @@ class _TopK:
         }
 
 
-def generate_topk(
+def topk_batches(
     ctx: RunContext,
-    samples: pa.Table,
+    samples: Samples,
     model_uri: str,
     k: int,
     exclude_seen: bool,
     kind: str = "generator",
     rerank_weight: float | None = None,
-) -> pa.Table:
-    """Top-k items per sample from the model at ``model_uri``, in the order of ``samples``.
+) -> Iterator[pa.Table]:
+    """Top-k items per sample from the model at ``model_uri``: PREDICTIONS batches in the order of
+    ``samples``, streamed from the Ray Data actor pool (one batch in the driver at a time).
 
     kind: "generator" (a generator checkpoint; ``rerank_weight`` None = the checkpoint's own) or
     "sasrec" (the sasrec stage's model).
     """
-    import ray
-
     e = ctx.cfg.eval
-    ds = ray.data.from_arrow(samples.select(["user_id", "history", "target", "seen"]))
-    out = ds.map_batches(
+    out = _dataset(samples).map_batches(
         _TopK,
         fn_constructor_kwargs={
             "model_uri": model_uri,
@@ -101,12 +141,33 @@ def generate_topk(
         num_cpus=e.cpus_per_actor,
         num_gpus=e.gpus_per_actor,
     )
-    table = out.to_arrow_refs()
-    result = pa.concat_tables(ray.get(table)) if table else samples.slice(0, 0)
-    # Ray Data may reorder blocks: put rows back in sample order (user_id is unique per split).
-    order = {u: i for i, u in enumerate(samples.column("user_id").to_pylist())}
-    idx = np.argsort([order[u] for u in result.column("user_id").to_pylist()], kind="stable")
-    return result.take(pa.array(idx))
+    # Several actors finish batches out of order; keep the samples' order so a predictions file
+    # lines up with its split row by row.
+    out.context.execution_options.preserve_order = True
+    for batch in out.iter_batches(batch_size=None, batch_format="pyarrow"):
+        yield batch.select(PREDICTIONS.names).cast(PREDICTIONS)
+
+
+def _dataset(samples: Samples) -> Any:
+    if isinstance(samples, SampleFile):
+        return samples.dataset()
+    import ray
+
+    return ray.data.from_arrow(samples.select(SAMPLE_COLUMNS))
+
+
+def generate_topk(
+    ctx: RunContext,
+    samples: Samples,
+    model_uri: str,
+    k: int,
+    exclude_seen: bool,
+    kind: str = "generator",
+    rerank_weight: float | None = None,
+) -> pa.Table:
+    """:func:`topk_batches` as one table, for callers that score a few users in memory."""
+    batches = list(topk_batches(ctx, samples, model_uri, k, exclude_seen, kind, rerank_weight))
+    return pa.concat_tables(batches) if batches else PREDICTIONS.empty_table()
 
 
 def load_eval_samples(ctx: RunContext) -> pa.Table:
@@ -118,11 +179,18 @@ def load_eval_samples(ctx: RunContext) -> pa.Table:
     return samples
 
 
+def eval_split(ctx: RunContext) -> SampleFile:
+    """The eval split on storage, cut to eval.max_users: what :func:`load_eval_samples` reads,
+    for callers that stream it."""
+    e = ctx.cfg.eval
+    return SampleFile(ctx.path("data", f"{e.split}.parquet"), e.max_users)
+
+
 def evaluate_model(
     ctx: RunContext,
     name: str,
     model_uri: str,
-    samples: pa.Table,
+    samples: Samples,
     n_items: int,
     stage: str = "eval",
     kind: str = "generator",
@@ -132,24 +200,27 @@ def evaluate_model(
 
     Later stages (A2PO) call this with their own checkpoint, so all rows of a report are scored
     alike; their predictions go to their own ``stage`` folder (each stage owns its folder).
+    Predictions stream into their file and the metrics batch by batch.
     """
     e = ctx.cfg.eval
     kmax = max(e.ks)
-    targets = samples.column("target").to_pylist()
     rows = {}
     for setting in e.settings:
-        preds = generate_topk(
-            ctx,
-            samples,
-            model_uri,
-            kmax,
-            exclude_seen=setting == "exclude_seen",
-            kind=kind,
-            rerank_weight=rerank_weight,
-        )
-        storage.write_table(ctx.path(stage, f"predictions_{name}{SUFFIX[setting]}.parquet"), preds)
-        ranked = preds.column("items").to_pylist()
-        rows[f"{name}{SUFFIX[setting]}"] = ranking_metrics(ranked, targets, e.ks, n_items)
+        acc = RankingAccumulator(n_items, kmax)
+        uri = ctx.path(stage, f"predictions_{name}{SUFFIX[setting]}.parquet")
+        with storage.parquet_writer(uri, PREDICTIONS) as writer:
+            for batch in topk_batches(
+                ctx,
+                samples,
+                model_uri,
+                kmax,
+                exclude_seen=setting == "exclude_seen",
+                kind=kind,
+                rerank_weight=rerank_weight,
+            ):
+                writer.write_table(batch)
+                acc.add(batch.column("items").to_pylist(), batch.column("target").to_pylist())
+        rows[f"{name}{SUFFIX[setting]}"] = acc.metrics(e.ks)
     return rows
 
 
@@ -159,51 +230,58 @@ def method_standard_errors(ctx: RunContext, stage: str, names: list[str]) -> dic
     for name in names:
         uri = ctx.path(stage, f"predictions_{name}.parquet")
         if storage.exists(uri):
-            preds = storage.read_table(uri, columns=["items", "target"])
-            out[name] = standard_errors(
-                preds.column("items").to_pylist(),
-                preds.column("target").to_pylist(),
-                ctx.cfg.eval.ks,
-            )
+            ranks = [
+                target_ranks(b.column("items").to_pylist(), b.column("target").to_pylist())
+                for b in storage.iter_batches(uri, ["items", "target"], BATCH_ROWS)
+            ]
+            all_ranks = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
+            out[name] = rank_standard_errors(all_ranks, ctx.cfg.eval.ks)
     return out
+
+
+def popularity_rows(
+    split: SampleFile, order: np.ndarray, ks: list[int], settings: list[str], n_items: int
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """(metrics, standard errors) of the popularity baseline per setting, streamed over the split."""
+    kmax = max(ks)
+    accs = {setting: RankingAccumulator(n_items, kmax) for setting in settings}
+    for batch in split.batches(["target", "seen"]):
+        targets = batch.column("target").to_pylist()
+        seen = [set(s) for s in batch.column("seen").to_pylist()]
+        for setting, acc in accs.items():
+            exclude = seen if setting == "exclude_seen" else None
+            acc.add(recommend_popular(order, kmax, exclude, len(targets)), targets)
+    methods = {f"pop{SUFFIX[s]}": acc.metrics(ks) for s, acc in accs.items()}
+    errors = {f"pop{SUFFIX[s]}": acc.standard_errors(ks) for s, acc in accs.items()}
+    return methods, errors
 
 
 def run(ctx: RunContext) -> StageResult:
     e = ctx.cfg.eval
-    n_items = storage.read_table(ctx.path("data", schema.ITEMS_FILE), columns=["item_idx"]).num_rows
-    samples = load_eval_samples(ctx)
-    targets = samples.column("target").to_pylist()
-    seen = [set(s) for s in samples.column("seen").to_pylist()]
-    counts = item_counts(storage.read_table(ctx.path("data", schema.TRAIN_FILE)), n_items)
-    order = popularity_ranking(counts)
-    kmax = max(e.ks)
-
-    methods: dict[str, dict[str, float]] = {}
-    errors: dict[str, dict[str, float]] = {}
-    for setting in e.settings:
-        exclude = seen if setting == "exclude_seen" else None
-        ranked = recommend_popular(order, kmax, exclude, len(targets))
-        methods[f"pop{SUFFIX[setting]}"] = ranking_metrics(ranked, targets, e.ks, n_items)
-        errors[f"pop{SUFFIX[setting]}"] = standard_errors(ranked, targets, e.ks)
+    n_items = storage.count_rows(ctx.path("data", schema.ITEMS_FILE))
+    split = eval_split(ctx)
+    counts = item_counts_streamed(ctx.path("data", schema.TRAIN_FILE), n_items)
+    methods, errors = popularity_rows(
+        split, popularity_ranking(counts), e.ks, list(e.settings), n_items
+    )
+    n_users = int(next(iter(methods.values()))["users"]) if methods else 0
     sft = ctx.require("sft")
-    methods.update(evaluate_model(ctx, "sft", sft["outputs"]["model"], samples, n_items))
+    methods.update(evaluate_model(ctx, "sft", sft["outputs"]["model"], split, n_items))
     if sft["metrics"].get("rerank_weight"):  # sft re-ranks: also show the beam on its own
         methods.update(
             evaluate_model(
-                ctx, "sft_beam", sft["outputs"]["model"], samples, n_items, rerank_weight=0.0
+                ctx, "sft_beam", sft["outputs"]["model"], split, n_items, rerank_weight=0.0
             )
         )
     sasrec = ctx.require("sasrec")["outputs"]["model"]
-    methods.update(evaluate_model(ctx, "sasrec", sasrec, samples, n_items, kind="sasrec"))
+    methods.update(evaluate_model(ctx, "sasrec", sasrec, split, n_items, kind="sasrec"))
 
-    log.info(
-        "eval on %s: %d users, %d items, rows %s", e.split, len(targets), n_items, list(methods)
-    )
+    log.info("eval on %s: %d users, %d items, rows %s", e.split, n_users, n_items, list(methods))
     return StageResult(
         outputs={"predictions": ctx.stage_uri("eval")},
         metrics={
             "split": e.split,
-            "users": len(targets),
+            "users": n_users,
             "n_items": n_items,
             "beam_width": e.beam_width,
             "methods": methods,
