@@ -11,7 +11,7 @@ users' Stage B pairs, judged in the context before those pairs (``pairs.pair_con
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -71,32 +71,47 @@ def load_neighbours(ctx: RunContext) -> Neighbours:
     return Neighbours(codes=flat.astype(np.int64).reshape(table.num_rows, -1))
 
 
-def load_samples(ctx: RunContext, cfg: JudgeSection) -> pa.Table:
-    """SAMPLES rows (user_id, history, target, timestamp, seen) of ``judge.split``, first max_users.
+SAMPLE_BATCH_ROWS = 1024  # users per batch while candidates are built (beams, negatives)
 
-    ``train``: each user's last training window, its last item the target.
+
+def sample_batches(
+    ctx: RunContext, cfg: JudgeSection, batch_rows: int = SAMPLE_BATCH_ROWS
+) -> Iterator[pa.Table]:
+    """SAMPLES rows (user_id, history, target, timestamp, seen) of ``judge.split``, first
+    max_users, in batches: the valid/test split streams from its Parquet file, never whole.
+
+    ``train``: each user's last training window, its last item the target. Windows need not be
+    grouped by user (the temporal split orders them by time), so the train split streams through
+    a dict of one window per user.
     """
-    if cfg.split == "train":
-        seqs = storage.read_table(ctx.path("data", schema.TRAIN_FILE))
-        last: dict[str, list[int]] = {}
+    from sgrec_ray.eval.stage import SampleFile
+
+    if cfg.split != "train":
+        split = SampleFile(ctx.path("data", f"{cfg.split}.parquet"), cfg.max_users)
+        for batch in split.batches(schema.SAMPLES.names, batch_rows):
+            yield pa.Table.from_batches([batch]).cast(schema.SAMPLES)
+        return
+    last: dict[str, list[int]] = {}
+    for batch in storage.iter_batches(ctx.path("data", schema.TRAIN_FILE), ["user_id", "items"]):
         for user, items in zip(
-            seqs.column("user_id").to_pylist(), seqs.column("items").to_pylist(), strict=True
+            batch.column("user_id").to_pylist(), batch.column("items").to_pylist(), strict=True
         ):
             last[user] = items  # rows are in time order per user: the last one wins
-        users = [u for u, items in last.items() if len(items) >= 1]
-        samples = pa.table(
+    users = [u for u, items in last.items() if len(items) >= 1]
+    if cfg.max_users is not None:
+        users = users[: cfg.max_users]
+    for lo in range(0, len(users), batch_rows):
+        part = users[lo : lo + batch_rows]
+        yield pa.table(
             {
-                "user_id": users,
-                "history": [last[u][:-1] for u in users],
-                "target": [last[u][-1] for u in users],
-                "timestamp": pa.nulls(len(users), pa.int64()),
-                "seen": [last[u][:-1] for u in users],
+                "user_id": part,
+                "history": [last[u][:-1] for u in part],
+                "target": [last[u][-1] for u in part],
+                "timestamp": pa.nulls(len(part), pa.int64()),
+                "seen": [last[u][:-1] for u in part],
             },
             schema=schema.SAMPLES,
         )
-    else:
-        samples = storage.read_table(ctx.path("data", f"{cfg.split}.parquet"))
-    return samples if cfg.max_users is None else samples.slice(0, cfg.max_users)
 
 
 def sft_beams(model_uri: str, samples: pa.Table, k: int, batch_size: int = 64) -> list[list[int]]:

@@ -52,8 +52,7 @@ def run(ctx: RunContext) -> StageResult:
     users_uri = ctx.path("data", schema.USERS_FILE)
     users = storage.read_table(users_uri) if storage.exists(users_uri) else None
 
-    table = build_candidate_table(ctx, cfg, items.num_rows)
-    storage.write_table(ctx.path(STAGE, CANDIDATES_FILE), table)
+    table = build_candidate_table(ctx, cfg, items.num_rows)  # also writes candidates.parquet
     stats = judge_pending(ctx, table, items, users, ref)
 
     scores = load_scores(ctx)
@@ -77,25 +76,39 @@ def run(ctx: RunContext) -> StageResult:
 
 def build_candidate_table(ctx: RunContext, cfg: JudgeSection, n_items: int) -> pa.Table:
     """Candidate sets for ``judge.split`` (see :mod:`sgrec_ray.judge.candidates`), plus, with
-    ``judge.pair_items``, the items of the same users' Stage B pairs (origin ``pair``)."""
-    samples = cands.load_samples(ctx, cfg)
-    beams = None
-    if cfg.n_beams > 0:
-        model_uri = ctx.require("sft")["outputs"]["model"]
-        beams = cands.sft_beams(model_uri, samples, cfg.n_beams)
-    table = cands.build_candidates(
-        samples,
-        n_items,
-        n_random=cfg.n_random,
-        n_hard=cfg.n_hard,
-        split=cfg.split,
-        seed=ctx.cfg.run.seed,
-        neighbours=cands.load_neighbours(ctx) if cfg.n_hard > 0 else None,
-        beams=beams,
-    )
-    if not cfg.pair_items:
-        return table
-    return add_pair_items(table, _pair_rows(ctx, samples.column("user_id").to_pylist()))
+    ``judge.pair_items``, the items of the same users' Stage B pairs (origin ``pair``).
+
+    Built batch by batch of users from the split's Parquet file (beams, hard and random negatives
+    per batch; each user's negatives come from its own seeded stream, so batching changes nothing)
+    and written to ``candidates.parquet`` as they come; the table is read back for judging.
+    """
+    uri = ctx.path(STAGE, CANDIDATES_FILE)
+    model_uri = ctx.require("sft")["outputs"]["model"] if cfg.n_beams > 0 else None
+    neighbours = cands.load_neighbours(ctx) if cfg.n_hard > 0 else None
+    users: list[str] = []
+    with storage.parquet_writer(uri, cands.CANDIDATES) as writer:
+        for samples in cands.sample_batches(ctx, cfg):
+            beams = None
+            if model_uri is not None:
+                beams = cands.sft_beams(model_uri, samples, cfg.n_beams)
+            table = cands.build_candidates(
+                samples,
+                n_items,
+                n_random=cfg.n_random,
+                n_hard=cfg.n_hard,
+                split=cfg.split,
+                seed=ctx.cfg.run.seed,
+                neighbours=neighbours,
+                beams=beams,
+            )
+            writer.write_table(table)
+            if cfg.pair_items:
+                users += samples.column("user_id").to_pylist()
+    table = storage.read_table(uri)
+    if cfg.pair_items:
+        table = add_pair_items(table, _pair_rows(ctx, users))
+        storage.write_table(uri, table)
+    return table
 
 
 def _pair_rows(ctx: RunContext, users: list[str]) -> pa.Table | None:
