@@ -106,7 +106,7 @@ def check(cfg: Config) -> None:
 
 def run(ctx: RunContext) -> StageResult:
     """Fine-tune ``<run>/sft/model`` with the configured fusion; evaluate it like the SFT row."""
-    from sgrec_ray.eval.stage import evaluate_model, load_eval_samples
+    from sgrec_ray.eval.stage import eval_split, evaluate_model
     from sgrec_ray.sid.stage import load_sid_artifacts
 
     cfg = ctx.cfg
@@ -141,10 +141,9 @@ def run(ctx: RunContext) -> StageResult:
         run_name=f"a2po-{fp}",
         fresh=ctx.force,
     )
-    samples = load_eval_samples(ctx)
     name = cfg.rl.advantage
     methods = evaluate_model(
-        ctx, name, result.outputs["model"], samples, items.num_rows, stage=STAGE
+        ctx, name, result.outputs["model"], eval_split(ctx), items.num_rows, stage=STAGE
     )
     result.metrics["methods"] = methods
     result.metrics["method_name"] = name
