@@ -59,7 +59,13 @@ class SampleFile:
     def dataset(self) -> Any:
         import ray
 
-        ds = ray.data.read_parquet(storage.normalize(self.uri), columns=SAMPLE_COLUMNS)
+        # Read tasks ask for no CPU slot: the model actors may hold every slot of the cluster
+        # (eval.concurrency x cpus_per_actor = all CPUs), and a read waiting for a slot they hold
+        # would never run (seen with 2 one-CPU actors on a 2-CPU node). Reading is light next to
+        # beam search.
+        ds = ray.data.read_parquet(
+            storage.normalize(self.uri), columns=SAMPLE_COLUMNS, ray_remote_args={"num_cpus": 0}
+        )
         return ds.limit(self.max_users) if self.max_users is not None else ds
 
 
