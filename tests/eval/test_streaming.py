@@ -61,8 +61,14 @@ def test_an_empty_streamed_file_is_valid(tmp_path):
 @pytest.mark.integration
 def test_streamed_eval_keeps_split_order_with_two_actors(tiny_run: RunContext):
     """Two actors and small batches finish out of order; the predictions still follow the split,
-    and the metrics equal the eval stage's (one actor, one batch) and the in-memory computation."""
-    e = replace(tiny_run.cfg.eval, concurrency=2, batch_size=4, cpus_per_actor=0.5)
+    and the metrics equal the eval stage's (one actor, one batch) and the in-memory computation.
+
+    The two actors take every CPU slot of the session: the split's read must not wait for one.
+    """
+    import ray
+
+    slots = ray.cluster_resources()["CPU"] / 2
+    e = replace(tiny_run.cfg.eval, concurrency=2, batch_size=4, cpus_per_actor=slots)
     ctx = RunContext(replace(tiny_run.cfg, eval=e))
     n_items = storage.count_rows(ctx.path("data", "items.parquet"))
     model = ctx.manifest("sft")["outputs"]["model"]
