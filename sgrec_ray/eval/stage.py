@@ -2,9 +2,10 @@
 
 Generation runs as a Ray Data actor pool (one model per actor, batches of users), so the same code
 scores 943 users on a laptop or millions on a GPU cluster by changing ``eval.concurrency`` and
-``eval.gpus_per_actor``. The driver never holds the split: Ray Data reads the samples from Parquet,
-and the predictions stream back in sample order, batch by batch, into the predictions file and a
-:class:`RankingAccumulator` (8 bytes per user); the popularity rows stream over the same file.
+``eval.gpus_per_actor``. The driver never holds the split: it moves the samples from Parquet into
+the object store batch by batch, and the predictions stream back in sample order, batch by batch,
+into the predictions file and a :class:`RankingAccumulator` (8 bytes per user); the popularity
+rows stream over the same file.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ PREDICTIONS = pa.schema(
 
 @dataclass(frozen=True)
 class SampleFile:
-    """An eval split on storage (SAMPLES Parquet), its first ``max_users`` rows: read by Ray Data
-    for generation and in batches by the driver, never whole."""
+    """An eval split on storage (SAMPLES Parquet), its first ``max_users`` rows, read in batches,
+    never whole."""
 
     uri: str
     max_users: int | None = None
@@ -57,16 +58,23 @@ class SampleFile:
             yield batch
 
     def dataset(self) -> Any:
+        """A Ray Data dataset of the split, one block per batch, put into the object store by the
+        driver one batch at a time.
+
+        Not ``read_parquet``: its file-listing and read tasks each need a CPU slot, and the model
+        actors may hold every slot of the cluster (eval.concurrency x cpus_per_actor = all CPUs),
+        so the read would wait for ever (seen with 2 one-CPU actors on a 2-CPU node). The object
+        store spills to disk when the split outgrows it; the driver keeps no batch.
+        """
         import ray
 
-        # Read tasks ask for no CPU slot: the model actors may hold every slot of the cluster
-        # (eval.concurrency x cpus_per_actor = all CPUs), and a read waiting for a slot they hold
-        # would never run (seen with 2 one-CPU actors on a 2-CPU node). Reading is light next to
-        # beam search.
-        ds = ray.data.read_parquet(
-            storage.normalize(self.uri), columns=SAMPLE_COLUMNS, ray_remote_args={"num_cpus": 0}
-        )
-        return ds.limit(self.max_users) if self.max_users is not None else ds
+        refs = [
+            ray.put(pa.Table.from_batches([batch]))
+            for batch in self.batches(SAMPLE_COLUMNS, BATCH_ROWS)
+        ]
+        if not refs:
+            return ray.data.from_arrow(schema.SAMPLES.empty_table().select(SAMPLE_COLUMNS))
+        return ray.data.from_arrow_refs(refs)
 
 
 Samples = pa.Table | SampleFile  # a table already in memory (small callers) or a split on storage
