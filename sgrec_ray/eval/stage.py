@@ -57,9 +57,9 @@ class SampleFile:
                 left -= batch.num_rows
             yield batch
 
-    def dataset(self) -> Any:
-        """A Ray Data dataset of the split, one block per batch, put into the object store by the
-        driver one batch at a time.
+    def dataset(self, block_rows: int) -> Any:
+        """A Ray Data dataset of the split in blocks of ``block_rows``, put into the object store
+        by the driver one block at a time.
 
         Not ``read_parquet``: its file-listing and read tasks each need a CPU slot, and the model
         actors may hold every slot of the cluster (eval.concurrency x cpus_per_actor = all CPUs),
@@ -70,7 +70,7 @@ class SampleFile:
 
         refs = [
             ray.put(pa.Table.from_batches([batch]))
-            for batch in self.batches(SAMPLE_COLUMNS, BATCH_ROWS)
+            for batch in self.batches(SAMPLE_COLUMNS, block_rows)
         ]
         if not refs:
             return ray.data.from_arrow(schema.SAMPLES.empty_table().select(SAMPLE_COLUMNS))
@@ -139,7 +139,7 @@ def topk_batches(
     "sasrec" (the sasrec stage's model).
     """
     e = ctx.cfg.eval
-    out = _dataset(samples).map_batches(
+    out = _dataset(samples, max(1, e.batch_size)).map_batches(
         _TopK,
         fn_constructor_kwargs={
             "model_uri": model_uri,
@@ -162,12 +162,19 @@ def topk_batches(
         yield batch.select(PREDICTIONS.names).cast(PREDICTIONS)
 
 
-def _dataset(samples: Samples) -> Any:
+def _dataset(samples: Samples, block_rows: int) -> Any:
+    """Blocks of ``block_rows`` samples: one block per batch lets ``eval.concurrency`` actors
+    share the split (one block of the whole split kept all but one actor idle)."""
     if isinstance(samples, SampleFile):
-        return samples.dataset()
+        return samples.dataset(block_rows)
     import ray
 
-    return ray.data.from_arrow(samples.select(SAMPLE_COLUMNS))
+    table = samples.select(SAMPLE_COLUMNS)
+    if table.num_rows == 0:
+        return ray.data.from_arrow(table)
+    return ray.data.from_arrow(
+        [table.slice(lo, block_rows) for lo in range(0, table.num_rows, block_rows)]
+    )
 
 
 def generate_topk(
