@@ -162,7 +162,13 @@ def train_and_score(cfg: dict[str, Any], inputs: Path, device: str) -> dict[str,
         training_example,
     )
     from sgrec_ray.generator.item_scores import incidence, item_logits
-    from sgrec_ray.generator.model import SIZES, ModelSize, add_dropout, build_model
+    from sgrec_ray.generator.model import (
+        SIZES,
+        ModelSize,
+        add_dropout,
+        build_model,
+        param_groups,
+    )
     from sgrec_ray.sid.trie import SidTrie, SidVocab
 
     SIZES.setdefault("l3", ModelSize(n_layer=3, n_head=4, d_model=128, d_ff=384))
@@ -186,12 +192,9 @@ def train_and_score(cfg: dict[str, Any], inputs: Path, device: str) -> dict[str,
     n_items, v, depth = len(item_tokens), vocab.vocab_size, item_tokens.shape[1]
     model = build_model(cfg.get("size", "small"), v, seed=seed).to(device)
     add_dropout(model, cfg.get("dropout", 0.0))
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.get("wd", 0.01)},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]  # as sft.param_groups (not imported: that module needs Ray)
-    opt = torch.optim.AdamW(groups, lr=cfg.get("lr", 3e-3), betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(
+        param_groups(model, cfg.get("wd", 0.01)), lr=cfg.get("lr", 3e-3), betas=(0.9, 0.95)
+    )
     rows, bs, epochs = data["train"], cfg.get("bs", 64), cfg.get("epochs", 10)
     total = epochs * ((len(rows) + bs - 1) // bs)
     sched = get_cosine_schedule_with_warmup(opt, int(0.05 * total), total)

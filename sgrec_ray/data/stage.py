@@ -109,10 +109,7 @@ def run(ctx: RunContext) -> StageResult:
 
 def build(cfg: DataSection) -> DataTables:
     """Load, validate and split per ``cfg`` (no writing)."""
-    if cfg.max_history < 1:
-        raise ConfigError(f"data.max_history: must be >= 1, got {cfg.max_history}")
-    if cfg.max_users is not None and cfg.max_users < 1:
-        raise ConfigError(f"data.max_users: must be >= 1 or null, got {cfg.max_users}")
+    _check_limits(cfg)
     rejects = Rejects(cfg.on_bad_rows)
     if cfg.source == "minionerec":
         return _build_minionerec(cfg, load_minionerec(cfg, rejects), rejects)
@@ -153,6 +150,14 @@ def uses_ray(cfg: DataSection) -> bool:
             )
         return True
     return supported and _log_bytes(cfg) >= AUTO_RAY_BYTES
+
+
+def _check_limits(cfg: DataSection) -> None:
+    """The window and slice sizes both engines need before reading anything."""
+    if cfg.max_history < 1:
+        raise ConfigError(f"data.max_history: must be >= 1, got {cfg.max_history}")
+    if cfg.max_users is not None and cfg.max_users < 1:
+        raise ConfigError(f"data.max_users: must be >= 1 or null, got {cfg.max_users}")
 
 
 def _delete(uri: str) -> None:
@@ -322,10 +327,7 @@ def build_distributed(ctx: RunContext) -> tuple[StageResult, Any]:
     from sgrec_ray.data import distributed as dist
 
     cfg = ctx.cfg.data
-    if cfg.max_history < 1:
-        raise ConfigError(f"data.max_history: must be >= 1, got {cfg.max_history}")
-    if cfg.max_users is not None and cfg.max_users < 1:
-        raise ConfigError(f"data.max_users: must be >= 1 or null, got {cfg.max_users}")
+    _check_limits(cfg)
     rejects = Rejects(cfg.on_bad_rows)
     if cfg.source == "movielens":
         loaded = load_movielens(cfg)

@@ -122,6 +122,15 @@ def add_dropout(model: PreTrainedModel, p: float) -> list[torch.utils.hooks.Remo
     return handles
 
 
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices only; norms and biases (1-D) are left alone, as is usual for transformers."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
 def sid_token_strings(level_sizes: list[int]) -> list[str]:
     """Token strings of our vocabulary in id order: specials then ``<a_0>…`` (MiniOneRec spelling)."""
     names = ["<sid_pad>", "<sid_bos>", "<sid_eos>"]

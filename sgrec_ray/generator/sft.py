@@ -49,6 +49,7 @@ from sgrec_ray.generator.model import (
     build_model,
     identity_map,
     load_pretrained,
+    param_groups,
     save_generator,
     unwrap,
 )
@@ -291,15 +292,6 @@ def restore_checkpoint(
         state = load_state(os.path.join(d, TRAIN_STATE_FILE))
         log = _read_log(os.path.join(d, TRAIN_LOG_FILE))
     return model, tokenizer, state, log
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices only; norms and biases (1-D) are left alone, as is usual for transformers."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
 
 
 def _train_loop(config: dict[str, Any]) -> None:

@@ -44,11 +44,11 @@ from sgrec_ray.generator.model import (
     ITEM_TOKENS_FILE,
     SID_VOCAB_FILE,
     load_generator,
+    param_groups,
 )
 from sgrec_ray.generator.sft import (
     export_checkpoint,
     inject_test_failure,
-    param_groups,
     restore_checkpoint,
     save_checkpoint,
 )
