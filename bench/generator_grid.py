@@ -190,7 +190,9 @@ def train_and_score(cfg: dict[str, Any], inputs: Path, device: str) -> dict[str,
     trie = SidTrie(sid["codes"], vocab)
     item_tokens = trie.item_token_matrix()
     n_items, v, depth = len(item_tokens), vocab.vocab_size, item_tokens.shape[1]
-    model = build_model(cfg.get("size", "small"), v, seed=seed).to(device)
+    model = build_model(
+        cfg.get("size", "small"), v, seed=seed, layout=cfg.get("layout", "token"), depth=depth
+    ).to(device)
     add_dropout(model, cfg.get("dropout", 0.0))
     opt = torch.optim.AdamW(
         param_groups(model, cfg.get("wd", 0.01)), lr=cfg.get("lr", 3e-3), betas=(0.9, 0.95)

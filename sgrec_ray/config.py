@@ -140,6 +140,10 @@ class GeneratorSection:
     size: Literal["tiny", "small", "base"] = "small"
     # A Hugging Face model id or path to start from instead (MiniOneRec setting, GPUs); SID tokens are added.
     pretrained: str | None = None
+    # token: one transformer position per SID token (any base, the MiniOneRec setting); item: one
+    # per item, the item as the sum of its code embeddings and a small head decoding the codes
+    # (from-scratch sizes only; ~4x fewer positions: sgrec_ray.generator.item_layout).
+    layout: Literal["token", "item"] = "token"
 
 
 @dataclass

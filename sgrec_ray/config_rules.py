@@ -248,6 +248,11 @@ CROSS_RULES: list[Rule] = [
         "d_model divisible by n_head (each attention head takes d_model / n_head dimensions)",
     ),
     (
+        ("generator.layout", "generator.pretrained"),
+        lambda c: c.generator.layout == "token" or c.generator.pretrained is None,
+        "layout 'item' with pretrained null (a pretrained LM reads SID tokens: layout 'token')",
+    ),
+    (
         ("sft.rerank_weights",),
         lambda c: len(c.sft.rerank_weights) > 0,
         "at least one re-ranking weight (0 = the beam's SID likelihood alone)",

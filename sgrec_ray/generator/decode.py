@@ -7,9 +7,10 @@ Why it is built this way:
   internals and every beam step is a gather, not a Python loop over beams.
 * **True log-probs.** Each step takes ``log_softmax`` over the model's full vocabulary and only
   then masks disallowed tokens, so a returned score is exactly ``log p(item tokens | history)``.
-* **KV cache.** The history runs once per user (left-padded batch); each of the ``depth - 1``
-  following steps feeds one token per beam and reorders the cache by beam parent. Recomputing the
-  history per step would cost ~``len(history)`` times more for 943 users x 20 beams.
+* **The history runs once per user** (left-padded batch). In the token layout each of the
+  ``depth - 1`` following steps feeds one token per beam through a KV cache; recomputing the
+  history per step would cost ~``len(history)`` times more for 943 users x 20 beams. In the item
+  layout a step is the code head alone over each beam's state.
 * **Seen-item exclusion by pruning.** With ``exclude``, the trie is pruned per user: a prefix whose
   items are all excluded is masked like an invalid token. No beam is wasted on a dead prefix, so
   every surviving beam has at least one allowed item below it; at the last step all children of all
@@ -28,9 +29,72 @@ import numpy as np
 import torch
 
 from sgrec_ray.generator.encoding import history_tokens, left_pad
+from sgrec_ray.generator.item_layout import ItemLayoutLM
 from sgrec_ray.generator.item_scores import blend, incidence, item_logits
 from sgrec_ray.generator.model import Generator, load_generator, unwrap
 from sgrec_ray.sid.trie import SidTrie, SidVocab
+
+
+class _TokenSteps:
+    """Beam steps of the token layout: the history once with a KV cache, then each level feeds the
+    W beams' newest tokens as W extra columns of the *same* user row, with a 4-D attention mask
+    letting beam j see the history and only its own ancestors' columns (prefix-shared "tree"
+    decoding). The KV cache stays [B, L + depth*W] instead of [B*W, L + depth] and is never
+    copied per beam."""
+
+    def __init__(
+        self, model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor
+    ) -> None:
+        self.model, self.mask = model, mask
+        self.cache_arg, keep_last = _forward_kwargs(model)
+        out = model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **keep_last
+        )
+        self.cache = _cache_of(out)
+        self.first = out.logits[:, -1]
+        self.hist_len = mask.sum(-1)
+        self.dtype = next(model.parameters()).dtype
+
+    def advance(
+        self, d: int, tokens: torch.Tensor, parent: torch.Tensor, anc: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits [B, W, V] after appending level d's tokens [B, W] (model ids) to the beams."""
+        b, w = tokens.shape
+        # Mask [B, 1, W, n_hist + (d+1)*W]: history (minus padding) + one column per earlier level.
+        lineage = torch.zeros(b, w, d + 1, w, dtype=torch.bool, device=tokens.device)
+        lineage.scatter_(-1, anc[..., None], True)
+        allowed = torch.cat(
+            [self.mask.bool()[:, None, :].expand(-1, w, -1), lineage.view(b, w, -1)], dim=-1
+        )
+        mask4d = torch.zeros(allowed.shape, device=tokens.device, dtype=self.dtype)
+        mask4d = mask4d.masked_fill(~allowed, torch.finfo(self.dtype).min)[:, None]
+        out = self.model(
+            input_ids=tokens,
+            attention_mask=mask4d,
+            position_ids=(self.hist_len + d)[:, None].expand(-1, w),
+            use_cache=True,
+            **{self.cache_arg: self.cache},
+        )
+        self.cache = _cache_of(out)
+        return out.logits
+
+
+class _ItemSteps:
+    """Beam steps of the item layout: the transformer runs once per user; a level costs only the
+    code head over each beam's state ``h + Σ e(codes so far)`` (no cache, no attention)."""
+
+    def __init__(self, net: ItemLayoutLM, ids: torch.Tensor, mask: torch.Tensor) -> None:
+        self.net = net
+        self.state = net.history_state(ids, mask)  # [B, d]
+        self.first = net.code_logits(self.state, 0)
+        self.prefix = torch.zeros_like(self.state)[:, None]  # [B, beams, d]
+
+    def advance(
+        self, d: int, tokens: torch.Tensor, parent: torch.Tensor, anc: torch.Tensor
+    ) -> torch.Tensor:
+        emb = self.net.get_input_embeddings()(tokens)
+        self.prefix = self.prefix.gather(1, parent[..., None].expand_as(emb)) + emb
+        return self.net.code_logits(self.state[:, None] + self.prefix, d + 1)
 
 
 @torch.inference_mode()
@@ -50,33 +114,27 @@ def _search_batch(
 
     With ``rerank_weight`` > 0, the leaves are ranked by :func:`item_scores.blend` of their SID
     log-prob and the item-level log-prob read from the history's last position (the same forward
-    pass); ``items`` is the catalogue's token incidence matrix (``item_scores.incidence``).
-
-    The history runs once (B rows, left-padded). Then each level feeds the W beams' newest tokens
-    as W extra columns of the *same* user row, with a 4-D attention mask letting beam j see the
-    history and only its own ancestors' columns (prefix-shared "tree" decoding). The KV cache stays
-    [B, L + depth*W] instead of [B*W, L + depth] and is never copied per beam.
+    pass); ``items`` is the catalogue's token incidence matrix (``item_scores.incidence``). The
+    model's layout decides how a level is stepped (:class:`_TokenSteps`, :class:`_ItemSteps`);
+    the search itself is one.
     """
     b, w = len(seqs), beam_width
-    cache_arg, keep_last = _forward_kwargs(model)
     ids, hist_mask, pos = left_pad(seqs, token_map.cpu().numpy())
     ids, hist_mask, pos = ids.to(device), hist_mask.to(device), pos.to(device)
-    out = model(
-        input_ids=ids, attention_mask=hist_mask, position_ids=pos, use_cache=True, **keep_last
+    net = unwrap(model)
+    steps: _TokenSteps | _ItemSteps = (
+        _ItemSteps(net, ids, hist_mask)
+        if isinstance(net, ItemLayoutLM)
+        else _TokenSteps(model, ids, hist_mask, pos)
     )
-    cache = _cache_of(out)
-    logp = torch.log_softmax(out.logits[:, -1:].float(), dim=-1)  # [B, beams=1, V_model]
+    logp = torch.log_softmax(steps.first[:, None].float(), dim=-1)  # [B, beams=1, V_model]
     item_logp = None
     if rerank_weight > 0 and items is not None:  # [B, n_items]
-        scores = item_logits(out.logits[:, -1].float(), items, token_map)
-        item_logp = torch.log_softmax(scores, -1)
+        item_logp = torch.log_softmax(item_logits(steps.first.float(), items, token_map), -1)
     dead_t = [torch.from_numpy(x).to(device) for x in dead] if dead is not None else None
     child = [torch.from_numpy(c).to(device) for c in trie.child]
     rows = torch.arange(b, device=device)
     slots = torch.arange(w, device=device)
-    dtype = next(model.parameters()).dtype
-    neg = torch.finfo(dtype).min
-    hist_len = hist_mask.sum(-1)
 
     node = torch.zeros(b, 1, dtype=torch.long, device=device)  # root prefix, one beam per user
     score = torch.zeros(b, 1, device=device)
@@ -94,10 +152,10 @@ def _search_batch(
                 leaves = nxt.view(b, -1).clamp(min=0)
                 total = blend(total, item_logp.gather(1, leaves), rerank_weight)
             top, idx = total.topk(min(k, total.shape[1]), dim=-1)
-            items = nxt.view(b, -1).gather(1, idx)
+            found = nxt.view(b, -1).gather(1, idx)
             return [
                 [(int(i), float(s)) for i, s in zip(it, sc, strict=True) if np.isfinite(s)]
-                for it, sc in zip(items.tolist(), top.tolist(), strict=True)
+                for it, sc in zip(found.tolist(), top.tolist(), strict=True)
             ]
         top, idx = total.topk(min(w, total.shape[1]), dim=-1)  # [B, w'] (w' < w only at the root)
         if top.shape[1] < w:  # pad to a fixed beam count with dead beams
@@ -111,23 +169,9 @@ def _search_batch(
         anc = torch.cat(
             [anc.gather(1, parent[..., None].expand(-1, -1, d)), slots.expand(b, w)[..., None]], -1
         )
-        # Mask [B, 1, W, n_hist + (d+1)*W]: history (minus padding) + one column per earlier level.
-        lineage = torch.zeros(b, w, d + 1, w, dtype=torch.bool, device=device)
-        lineage.scatter_(-1, anc[..., None], True)
-        allowed = torch.cat(
-            [hist_mask.bool()[:, None, :].expand(-1, w, -1), lineage.view(b, w, -1)], dim=-1
-        )
-        mask4d = torch.zeros(allowed.shape, device=device, dtype=dtype)
-        mask4d = mask4d.masked_fill(~allowed, neg)[:, None]
-        out = model(
-            input_ids=token_map[code + trie.lo[d]],  # [B, W]
-            attention_mask=mask4d,
-            position_ids=(hist_len + d)[:, None].expand(-1, w),
-            use_cache=True,
-            **{cache_arg: cache},
-        )
-        cache = _cache_of(out)
-        logp = torch.log_softmax(out.logits.float(), dim=-1)  # [B, W, V_model]
+        logp = torch.log_softmax(
+            steps.advance(d, token_map[code + trie.lo[d]], parent, anc).float(), dim=-1
+        )  # [B, W, V_model]
     raise AssertionError("unreachable: the loop returns at the last level")
 
 

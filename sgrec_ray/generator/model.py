@@ -5,7 +5,8 @@ Two ways to get one:
 * ``build_model(size, vocab_size)``: a from-scratch Llama-style model with nanochat-like named sizes
   (``tiny`` for tests, ``small`` for ML-100k on a laptop CPU, ``base`` for GPUs). Its vocabulary *is*
   the SID vocabulary (PAD=0, BOS=1, EOS=2, then one block of tokens per SID level), so our token
-  ids are the model's ids.
+  ids are the model's ids. ``layout="item"`` gives one position per item instead of one per token
+  (``generator.item_layout``), behind the same token interface.
 * ``load_pretrained(path, level_sizes)``: the MiniOneRec setting. A Hugging Face causal LM gets one
   new token per SID code (``<a_12>``…) plus ``<sid_bos>``/``<sid_eos>``, its embeddings are resized,
   and ``token_map`` (int64 [sid_vocab_size]) maps our ids to the model's ids.
@@ -17,6 +18,7 @@ Checkpoint directory layout (written by :func:`save_generator`, read by :func:`l
 
     config.json, model.safetensors, …   Hugging Face ``save_pretrained`` output (+ tokenizer files
                                         for a pretrained base)
+    item_head.safetensors               the code head (item layout only)
     sid_vocab.json                      the SID vocabulary (``SidVocab.to_json``)
     item_tokens.npy                     int64 [n_items, depth]: row i = SID token ids of item_idx i
     generator.json                      size, vocab sizes, token_map, max_history, epoch, step
@@ -40,6 +42,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Pr
 
 from sgrec_ray import storage
 from sgrec_ray.errors import CheckpointError
+from sgrec_ray.generator.item_layout import HEAD_FILE, ItemLayoutLM
 
 PAD, BOS, EOS = 0, 1, 2  # the SID vocabulary's special tokens (same as sgrec_ray.sid.trie)
 N_SPECIAL = 3
@@ -69,14 +72,27 @@ SIZES: dict[str, ModelSize] = {
 }
 
 
-def build_model(size: str, vocab_size: int, seed: int | None = None) -> PreTrainedModel:
-    """A from-scratch Llama-style causal LM whose vocabulary is the SID vocabulary.
+LAYOUTS = ("token", "item")
+
+
+def build_model(
+    size: str,
+    vocab_size: int,
+    seed: int | None = None,
+    layout: str = "token",
+    depth: int | None = None,
+) -> PreTrainedModel:
+    """A from-scratch Llama-style generator whose vocabulary is the SID vocabulary.
 
     Llama (RMSNorm, RoPE, SwiGLU) rather than GPT-2: no learned position table to outgrow, and the
     KV-cache path that beam search relies on is the best-trodden one in transformers.
+    ``layout="token"``: a causal LM over SID tokens (one position per code). ``layout="item"``:
+    one position per item with a code head (``generator.item_layout``; needs the SID ``depth``).
     """
     if size not in SIZES:
         raise ValueError(f"generator.size {size!r} unknown; allowed values: {sorted(SIZES)}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"generator.layout {layout!r} unknown; allowed values: {list(LAYOUTS)}")
     s = SIZES[size]
     config = LlamaConfig(
         vocab_size=vocab_size,
@@ -93,7 +109,12 @@ def build_model(size: str, vocab_size: int, seed: int | None = None) -> PreTrain
     )
     if seed is not None:
         torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    lm = LlamaForCausalLM(config)
+    if layout == "token":
+        return lm
+    if not depth:
+        raise ValueError("layout 'item' needs the SID depth (levels per item)")
+    return cast(PreTrainedModel, ItemLayoutLM(lm, depth, s.d_ff))
 
 
 def add_dropout(model: PreTrainedModel, p: float) -> list[torch.utils.hooks.RemovableHandle]:
@@ -177,6 +198,8 @@ class GeneratorMeta:
     rerank_weight: float = 0.0
     # Best validation NDCG@10 when SFT selected this checkpoint on validation (None otherwise).
     valid_ndcg: float | None = None
+    # "token": one position per SID token; "item": one per item (generator.item_layout).
+    layout: str = "token"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -238,7 +261,7 @@ def load_generator_dir(local_dir: str, device: str = "cpu") -> Generator:
         with open(os.path.join(local_dir, SID_VOCAB_FILE)) as f:
             sid_vocab_json = f.read()
         item_tokens = np.load(os.path.join(local_dir, ITEM_TOKENS_FILE)).astype(np.int64)
-        model = AutoModelForCausalLM.from_pretrained(local_dir, use_safetensors=True)
+        model = load_model_dir(local_dir)
     except FileNotFoundError:
         raise
     except Exception as err:
@@ -250,6 +273,17 @@ def load_generator_dir(local_dir: str, device: str = "cpu") -> Generator:
     model = model.to(device).eval()  # type: ignore[arg-type]
     token_map = np.asarray(meta.token_map or identity_map(meta.sid_vocab_size), dtype=np.int64)
     return Generator(model, meta, item_tokens, token_map, sid_vocab_json)
+
+
+def load_model_dir(local_dir: str) -> PreTrainedModel:
+    """The model of a checkpoint folder, either layout (the item head's file marks the item one).
+
+    Weights come from safetensors only, so loading runs no code from the folder.
+    """
+    lm = AutoModelForCausalLM.from_pretrained(local_dir, use_safetensors=True)
+    if os.path.exists(os.path.join(local_dir, HEAD_FILE)):
+        return cast(PreTrainedModel, ItemLayoutLM.from_dir(lm, local_dir))
+    return lm
 
 
 def load_generator(uri: str, device: str = "cpu") -> Generator:

@@ -35,12 +35,13 @@ import ray.train
 import ray.train.torch
 import torch
 from ray.train import Checkpoint
-from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
+from transformers import get_cosine_schedule_with_warmup
 
 from sgrec_ray import storage
 from sgrec_ray.config import Config
 from sgrec_ray.data.schema import TRAIN_FILE, VALID_FILE
 from sgrec_ray.generator.encoding import collate, item_labels, split_windows, training_example
+from sgrec_ray.generator.item_layout import ItemLayoutLM
 from sgrec_ray.generator.item_scores import incidence, item_loss
 from sgrec_ray.generator.model import (
     TRAIN_STATE_FILE,
@@ -48,6 +49,7 @@ from sgrec_ray.generator.model import (
     add_dropout,
     build_model,
     identity_map,
+    load_model_dir,
     load_pretrained,
     param_groups,
     save_generator,
@@ -140,6 +142,7 @@ def train_generator(
         "sid_vocab_json": sid_vocab_json,
         "size": cfg.generator.size,
         "pretrained": cfg.generator.pretrained,
+        "layout": cfg.generator.layout,
         "max_history": cfg.data.max_history,
         "seed": cfg.run.seed,
         "epochs": sft.epochs,
@@ -247,7 +250,8 @@ def _fresh_model(config: dict[str, Any]) -> tuple[torch.nn.Module, Any, np.ndarr
     vocab_size = 3 + sum(config["level_sizes"])
     if config["pretrained"]:
         return load_pretrained(config["pretrained"], config["level_sizes"])
-    model = build_model(config["size"], vocab_size, seed=config["seed"])
+    depth = int(config["item_tokens"].shape[1])
+    model = build_model(config["size"], vocab_size, config["seed"], config["layout"], depth)
     return model, None, identity_map(vocab_size)
 
 
@@ -283,7 +287,7 @@ def restore_checkpoint(
 ) -> tuple[torch.nn.Module, Any, dict[str, Any], list[dict[str, Any]]]:
     """(model, tokenizer or None, train state, log) from a Ray Train checkpoint, on a worker."""
     with checkpoint_dir(ckpt) as d:
-        model = AutoModelForCausalLM.from_pretrained(d)
+        model = load_model_dir(d)
         tokenizer = None
         if os.path.exists(os.path.join(d, "tokenizer_config.json")):
             from transformers import AutoTokenizer
@@ -522,6 +526,7 @@ def save_checkpoint(
         token_map=[int(t) for t in token_map],
         rerank_weight=float(rerank_weight),
         valid_ndcg=valid_ndcg,
+        layout="item" if isinstance(hf, ItemLayoutLM) else "token",
     )
     save_generator(hf, out_dir, meta, config["item_tokens"], config["sid_vocab_json"], tokenizer)
     torch.save(

@@ -18,10 +18,11 @@ def item_tokens() -> np.ndarray:
     return make_item_tokens(20)
 
 
-@pytest.fixture(scope="module")
-def model():
-    """A tiny random model with sharper-than-default logits, so beams actually compete."""
-    m = build_model("tiny", vocab_size(), seed=0).eval()
+@pytest.fixture(scope="module", params=["token", "item"])
+def model(request):
+    """A tiny random model of each layout with sharper-than-default logits, so beams compete."""
+    depth = make_item_tokens(20).shape[1]
+    m = build_model("tiny", vocab_size(), seed=0, layout=request.param, depth=depth).eval()
     with torch.no_grad():
         m.get_input_embeddings().weight.mul_(20)
     return m

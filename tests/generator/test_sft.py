@@ -47,11 +47,19 @@ def _train(tmp_path, overrides: list[str], run_name: str = "sft", base_uri: str 
     return result, log
 
 
-def test_sft_trains_exports_and_stops_at_max_steps(tmp_path, ray_session):
+@pytest.mark.parametrize("layout", ["token", "item"])
+def test_sft_trains_exports_and_stops_at_max_steps(tmp_path, ray_session, layout):
     # 24 users x 12 items, max_history 5: each row is cut into 3 windows of <= 6 items, so 72
     # windows = 9 steps/epoch; max_steps=19 stops one step into the third epoch.
     result, log = _train(
-        tmp_path, ["sft.epochs=4", "sft.lr=1e-2", "sft.num_workers=1", "sft.max_steps=19"]
+        tmp_path,
+        [
+            "sft.epochs=4",
+            "sft.lr=1e-2",
+            "sft.num_workers=1",
+            "sft.max_steps=19",
+            f"generator.layout={layout}",
+        ],
     )
     epochs = [r for r in log if "loss" in r]
     assert [r["epoch"] for r in epochs] == [0, 1, 2]
@@ -67,7 +75,7 @@ def test_sft_trains_exports_and_stops_at_max_steps(tmp_path, ray_session):
     assert "train_state.pt" not in files  # optimizer state stays in the Ray Train checkpoints
     rec = Recommender.load(model_dir, beam_width=5)
     assert rec.generator.meta.epoch == 2 and rec.generator.meta.step == 19
-    assert rec.max_history == 5
+    assert rec.max_history == 5 and rec.generator.meta.layout == layout
     recs = rec.recommend([[0, 1, 2], [7]], k=5)
     assert all(len(r) == 5 and len({i for i, _ in r}) == 5 for r in recs)
 

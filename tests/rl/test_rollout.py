@@ -18,11 +18,13 @@ from tests.generator.gen_synthetic import make_item_tokens
 HISTORIES = [[0, 1, 2], [5], [], [7, 3, 9, 11, 2, 20]]
 
 
-@pytest.fixture(scope="module")
-def setup():
+@pytest.fixture(scope="module", params=["token", "item"])
+def setup(request):
     tokens = make_item_tokens(24)
     trie = SidTrie.from_tokens(tokens, SidVocab.infer(tokens))
-    model = build_model("tiny", int(tokens.max()) + 1, seed=0).eval()
+    model = build_model(
+        "tiny", int(tokens.max()) + 1, seed=0, layout=request.param, depth=tokens.shape[1]
+    ).eval()
     return model, tokens, trie
 
 
