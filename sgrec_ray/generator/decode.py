@@ -85,8 +85,9 @@ class _ItemSteps:
 
     def __init__(self, net: ItemLayoutLM, ids: torch.Tensor, mask: torch.Tensor) -> None:
         self.net = net
-        self.state = net.history_state(ids, mask)  # [B, d]
-        self.first = net.code_logits(self.state, 0)
+        self.state, self.states, visible = net.history_state(ids, mask)  # [B, d], [B, N, d]
+        self.visible = visible[:, None]  # [B, 1, N]: every beam sees its user's history
+        self.first = net.code_logits(self.state[:, None], 0, self.states, self.visible)[:, 0]
         self.prefix = torch.zeros_like(self.state)[:, None]  # [B, beams, d]
 
     def advance(
@@ -94,7 +95,8 @@ class _ItemSteps:
     ) -> torch.Tensor:
         emb = self.net.get_input_embeddings()(tokens)
         self.prefix = self.prefix.gather(1, parent[..., None].expand_as(emb)) + emb
-        return self.net.code_logits(self.state[:, None] + self.prefix, d + 1)
+        visible = self.visible.expand(-1, tokens.shape[1], -1)
+        return self.net.code_logits(self.state[:, None] + self.prefix, d + 1, self.states, visible)
 
 
 @torch.inference_mode()

@@ -31,6 +31,7 @@ def model() -> ItemLayoutLM:
     m = build_model("tiny", vocab_size(), seed=0, layout="item", depth=DEPTH).eval()
     with torch.no_grad():  # a non-identity head, so the tests see it
         torch.nn.init.normal_(m.head_out.weight, std=0.5)
+        torch.nn.init.normal_(m.attn_o.weight, std=0.5)
     return m
 
 
@@ -77,8 +78,9 @@ def test_item_boundaries_read_the_state_after_the_item(model):
     logits = logits_of(model, _seq(items))
     for n in range(len(items) + 1):
         ids = torch.as_tensor(_seq(items[:n]))[None]
-        state = model.history_state(ids, torch.ones_like(ids))
-        torch.testing.assert_close(logits[n * DEPTH], model.code_logits(state, 0)[0])
+        state, states, visible = model.history_state(ids, torch.ones_like(ids))
+        first = model.code_logits(state[:, None], 0, states, visible[:, None])
+        torch.testing.assert_close(logits[n * DEPTH], first[0, 0])
 
 
 def test_training_loss_matches_the_token_labels(model):
@@ -91,7 +93,7 @@ def test_training_loss_matches_the_token_labels(model):
     torch.testing.assert_close(out.loss, want)
     out.loss.backward()  # every parameter of the head and body takes part
     grads = {n for n, p in model.named_parameters() if p.grad is not None}
-    assert {"level.weight", "head_in.weight", "head_out.weight"} <= grads
+    assert {"level.weight", "attn_q.weight", "attn_o.weight", "head_out.weight"} <= grads
     model.zero_grad()
 
 
