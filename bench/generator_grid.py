@@ -47,7 +47,13 @@ def _one(name: str, **cfg: Any) -> dict[str, Any]:
     return {"name": name, "ev": 2, "epochs": 10, "seed": 0, **cfg}
 
 
-# The five grids behind docs/EXPERIMENTS.md (issue 10), as they were run.
+def _two(name: str, **cfg: Any) -> list[dict[str, Any]]:
+    return [{"name": f"{name}_s{s}", "ev": 2, "epochs": 10, "seed": s, **cfg} for s in (0, 1)]
+
+
+# The grids behind docs/EXPERIMENTS.md (issue 10), as they were run. `layout` ran on the 2-core
+# box (2 seeds), the others on an H200; the item layout's MLP-head rows came from the code before
+# its head gained cross-attention (commit d739f41; rows `itemmlp_*`).
 PRESETS: dict[str, list[dict[str, Any]]] = {
     "seed0": [  # first pass, mostly one seed: dropout, schedule, SIDs, batch
         _one("d0_e10"),
@@ -85,6 +91,8 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
     + _seeds("l3", size="l3", wide=[50])
     + _seeds("bs32", bs=32, wide=[50])
     + _seeds("iw05", item_weight=0.5, wide=[50]),
+    "layout": _two("item_bs16", bs=16, layout="item")
+    + _two("item_bs16_e20", bs=16, layout="item", epochs=20),
     "batch": _seeds("bs32_l3", bs=32, size="l3")
     + _seeds("bs32_iw05", bs=32, item_weight=0.5)
     + _seeds("bs16", bs=16)
