@@ -29,14 +29,13 @@ from sgrec_ray.config import Config
 from sgrec_ray.data import schema
 from sgrec_ray.data.items import genre_matrix
 from sgrec_ray.plots import pyplot, save_png
+from sgrec_ray.rl.experiment_report import KEYS, STAGE, fmt_mean_std
 from sgrec_ray.runs import RunContext, StageResult, resolve_adapter, write_manifest
 
 log = logging.getLogger(__name__)
 
-STAGE = "experiment"
 ARMS = ("grpo", "reward_sum", "adv_sum", "a2po")
 RESULT_FILE = "result.json"
-KEYS = ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "judge@10", "genre@10", "pctr@10")
 
 
 def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = False) -> dict:
@@ -395,14 +394,6 @@ def _plots(
     return out
 
 
-def _fmt(m: dict[str, Any], key: str) -> str:
-    v = m.get(key)
-    if v is None:
-        return "n/a"
-    s = m.get("std", {}).get(key)
-    return f"{v:.4f} ± {s:.4f}" if s else f"{v:.4f}"
-
-
 def reading(
     methods: dict[str, dict[str, Any]], study: list[dict[str, Any]], cfg: Config
 ) -> list[str]:
@@ -420,7 +411,7 @@ def reading(
             if abs(diff) <= spread or diff == 0
             else ("higher" if diff > 0 else "lower")
         )
-        return f"{a} {_fmt(ma, key)} vs {b} {_fmt(mb, key)} on {key}: {verdict}"
+        return f"{a} {fmt_mean_std(ma, key)} vs {b} {fmt_mean_std(mb, key)} on {key}: {verdict}"
 
     n = len(cfg.rl.seeds)
     lines = [
@@ -433,7 +424,7 @@ def reading(
     rs, a2 = methods.get("reward_sum"), methods.get("a2po")
     if rs and a2 and rs.get("hr@10") is not None and a2.get("hr@10") is not None:
         lines.append(
-            f"Claim 3 (Reward-Sum is unstable): HR@10 {_fmt(rs, 'hr@10')} vs A2PO {_fmt(a2, 'hr@10')} "
+            f"Claim 3 (Reward-Sum is unstable): HR@10 {fmt_mean_std(rs, 'hr@10')} vs A2PO {fmt_mean_std(a2, 'hr@10')} "
             f"over {n} seed(s); a collapse would show as a large drop or a large std."
         )
     by_rate = {r["semantic_rate"]: r for r in study}
@@ -452,32 +443,3 @@ def reading(
         "setting can resolve."
     )
     return lines
-
-
-def format_experiment_table(metrics: dict[str, Any]) -> str:
-    """Markdown table: one row per method, mean ± std per measure."""
-    head = "| method | runs | " + " | ".join(KEYS) + " |"
-    lines = [head, "|" + "---|" * (len(KEYS) + 2)]
-    for name, m in metrics.get("methods", {}).items():
-        if "runs" not in m:  # rows of other stages (pop, *_exclude_seen) belong to other tables
-            continue
-        lines.append(f"| {name} | {m.get('runs')} | " + " | ".join(_fmt(m, k) for k in KEYS) + " |")
-    return "\n".join(lines)
-
-
-def format_study_table(study: list[dict[str, Any]]) -> str:
-    cols = [
-        "semantic_rate",
-        "hr@10",
-        "ndcg@10",
-        "judge@10",
-        "genre@10",
-        "judge_pairs",
-        "judge_seconds",
-        "hr@10_vs_full",
-    ]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in study:
-        cells = [f"{r.get(c):.4f}" if isinstance(r.get(c), float) else str(r.get(c)) for c in cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
