@@ -258,6 +258,19 @@ CROSS_RULES: list[Rule] = [
         "micro_batch <= batch_size (micro-batches accumulate up to one batch)",
     ),
     (
+        ("judge.engine", "judge.aspects"),
+        lambda c: c.judge.engine != "embedding" or "context" not in c.judge.aspects,
+        "no 'context' aspect with engine embedding (item embeddings carry no time or place)",
+    ),
+    (
+        ("judge.engine", "judge.adapter", "judge.evidence"),
+        lambda c: (
+            c.judge.engine != "embedding" or (c.judge.adapter is None and not c.judge.evidence)
+        ),
+        "adapter null and evidence false with engine embedding (no language model to adapt or to "
+        "write rationales)",
+    ),
+    (
         ("aggregate.negative_max_rating", "aggregate.positive_min_rating"),
         lambda c: c.aggregate.negative_max_rating < c.aggregate.positive_min_rating,
         "negative_max_rating < positive_min_rating (a rating cannot be both)",
