@@ -351,6 +351,12 @@ class RlSection:
 
     advantage: Literal["grpo", "reward_sum", "adv_sum", "a2po"] = "a2po"
     business_reward: str = "ranker"  # a name in sgrec_ray.rl.rewards.BUSINESS_REWARDS
+    # business_reward=composite: Σ weight × reward over these (rule | ranker | sasrec), raw. rule is
+    # MiniOneRec's (1 for the true next item, rank penalties beside it, 0 in groups without it);
+    # sasrec is SASRec's p(item | history), small, so it orders the groups the rule leaves constant.
+    composite_weights: dict[str, float] = field(
+        default_factory=lambda: {"rule": 1.0, "sasrec": 1.0}
+    )
     semantic_rate: float = 0.05  # share of groups sent to the judge; the rest are business-only
     group_size: int = 16
     rollout: Literal["beam", "sample"] = "beam"

@@ -54,6 +54,7 @@ def test_cross_rules_name_real_keys():
         ("eval.ks=[1, 0]", "eval.ks: 0 is outside the allowed range [1, inf)"),
         ("sft.lr=.nan", "sft.lr: nan is outside the allowed range"),
         ("serve.port=70000", "serve.port: 70000 is outside the allowed range [1, 65535]"),
+        ("rl.composite_weights={rule: -1}", "rl.composite_weights: -1.0 is outside the allowed"),
     ],
 )
 def test_out_of_range_values_fail_at_load_naming_key_value_and_range(override, message):
@@ -74,6 +75,11 @@ def test_out_of_range_values_fail_at_load_naming_key_value_and_range(override, m
             "negative_max_rating < positive_min_rating",
         ),
         (["data.split_ratios=[0.5, 0.5]"], "data.split_ratios=[0.5, 0.5]: must satisfy three"),
+        (["rl.composite_weights={rule: 1, click: 2}"], "weights only for the other business"),
+        (
+            ["rl.business_reward=composite", "rl.composite_weights={rule: 0}"],
+            "a weight above zero with business_reward composite",
+        ),
         (["judge.engine=embedding", "judge.aspects=[context]"], "no 'context' aspect"),
     ],
 )

@@ -30,6 +30,7 @@ from sgrec_ray.data import schema
 from sgrec_ray.data.items import genre_matrix
 from sgrec_ray.plots import pyplot, save_png
 from sgrec_ray.rl.experiment_report import KEYS, STAGE, fmt_mean_std
+from sgrec_ray.rl.rewards import reward_models
 from sgrec_ray.runs import RunContext, StageResult, resolve_adapter, write_manifest
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = Fa
 
         require_in_process(cfg.judge, "the semantic reward service (sgrec experiment)")
     shared = ["data", "sasrec", "sid", "sft", "eval"]
-    shared += ["ranker"] if cfg.rl.business_reward == "ranker" else []
+    models = reward_models(cfg.rl.business_reward, cfg.rl.composite_weights)
+    shared += ["ranker"] if "ranker" in models else []
     shared += ["judge", "aggregate"] if semantic is None and judge_needed else []
     for name in shared:
         pipeline.run_stage(ctx, name)
@@ -104,6 +106,7 @@ def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = Fa
         "semantic_rate_study": study,
         "constant_biz_share": {a: _mean_key(t, "constant_biz_share") for a, t in telemetry.items()},
         "rule_constant_biz_share": _rule_constant_share(telemetry),
+        "constant_share_by_reward": constant_share_by_reward(telemetry),
         "reading": reading(methods, study, cfg),
         "plots": plots,
         "judge_service": semantic.stats() if semantic is not None else None,
@@ -146,6 +149,7 @@ def _arm(
     cfg = ctx.cfg
     rl = dataclasses.replace(cfg.rl, advantage=arm, semantic_rate=rate)  # type: ignore[arg-type]
     arm_cfg = dataclasses.replace(cfg, rl=rl, run=dataclasses.replace(cfg.run, seed=seed))
+    models = reward_models(rl.business_reward, rl.composite_weights)
     name = f"{arm}-seed{seed}" + ("" if rate == cfg.rl.semantic_rate else f"-rate{rate:g}")
     if arm == "grpo":  # grpo ignores semantics: one run serves every rate
         name = f"{arm}-seed{seed}"
@@ -160,12 +164,8 @@ def _arm(
         prompts=prompts,
         sft_uri=ctx.require("sft")["outputs"]["model"],
         stage_uri=uri,
-        ranker_uri=ctx.require("ranker")["outputs"]["model"]
-        if rl.business_reward == "ranker"
-        else None,
-        sasrec_uri=ctx.require("sasrec")["outputs"]["model"]
-        if rl.business_reward == "sasrec"
-        else None,
+        ranker_uri=ctx.require("ranker")["outputs"]["model"] if "ranker" in models else None,
+        sasrec_uri=ctx.require("sasrec")["outputs"]["model"] if "sasrec" in models else None,
         item_value=item_values(cfg, items),
         semantic=semantic if uses_judge(rl) else None,
         run_name=name,
@@ -200,7 +200,8 @@ class _Scorer:
         self.liked = self._liked_targets()
         self.judge_users = min(cfg.rl.judge_eval_users, self.n_users) if semantic else 0
         self.ranker = None
-        if cfg.rl.business_reward == "ranker" and ctx.manifest("ranker"):
+        models = reward_models(cfg.rl.business_reward, cfg.rl.composite_weights)
+        if "ranker" in models and ctx.manifest("ranker"):
             from sgrec_ray.rl.ranker import load_ranker
 
             self.ranker = load_ranker(ctx.require("ranker")["outputs"]["model"])
@@ -320,6 +321,18 @@ def _study_row(rate: float, result: dict[str, Any]) -> dict[str, Any]:
         "judged_groups": train.get("total_judged_groups", 0),
         "train_wall_s": train.get("wall_s"),
     }
+
+
+def constant_share_by_reward(telemetry: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    """Per business reward, the mean over every arm's steps (first seed) of the share of groups it
+    would leave constant on those rollouts (the a2po loop scores each reward its models allow)."""
+    values: dict[str, list[float]] = {}
+    for rows in telemetry.values():
+        for r in rows:
+            for name, share in (r.get("constant_share_by_reward") or {}).items():
+                if share is not None:
+                    values.setdefault(name, []).append(share)
+    return {name: round(float(np.mean(v)), 4) for name, v in values.items()}
 
 
 def _rule_constant_share(telemetry: dict[str, list[dict[str, Any]]]) -> float | None:

@@ -55,6 +55,7 @@ def render_markdown(section: dict[str, Any], plots: dict[str, str]) -> str:
         f"{section.get('constant_biz_share')}; with the `rule` reward it would be "
         f"{section.get('rule_constant_biz_share')} (groups without the true item).",
         "",
+        *constant_share_lines(section.get("constant_share_by_reward")),
         "### Semantic-rate study (A2PO, first seed)",
         "",
         format_study_table(section.get("semantic_rate_study", [])),
@@ -112,3 +113,16 @@ def format_study_table(study: list[dict[str, Any]]) -> str:
         cells = [f"{r.get(c):.4f}" if isinstance(r.get(c), float) else str(r.get(c)) for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def constant_share_lines(shares: dict[str, float] | None) -> list[str]:
+    """Markdown lines: per business reward, the share of groups it leaves constant (no update),
+    measured on the same training rollouts; empty when the run recorded none."""
+    if not shares:
+        return []
+    cells = ", ".join(f"`{name}` {share:.4f}" for name, share in shares.items())
+    return [
+        "Share of groups each business reward would leave constant on the same rollouts (A2PO "
+        f"cannot update them; rewards whose model the run loaded): {cells}.",
+        "",
+    ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sgrec_ray.rl.experiment_report import constant_share_lines
 from sgrec_ray.runs import RunContext
 
 
@@ -53,6 +54,7 @@ def rl_markdown(report: dict[str, Any]) -> list[str]:
             f"{a.get('mean_constant_biz_share')}, KL {a.get('mean_kl')}, judge calls "
             f"{a.get('total_judge_pairs')}, {a.get('mean_rollouts_per_s')} rollouts/s.",
             "",
+            *constant_share_lines(a.get("mean_constant_share_by_reward")),
             "```",
             json.dumps({k: v for k, v in a.items() if k != "judge_service"}, indent=2),
             "```",
