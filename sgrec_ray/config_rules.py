@@ -264,6 +264,13 @@ CROSS_RULES: list[Rule] = [
         "no 'context' aspect with engine embedding (item embeddings carry no time or place)",
     ),
     (
+        ("judge.engine", "judge.long_history", "judge.recent_history"),
+        lambda c: (
+            c.judge.engine != "embedding" or c.judge.long_history + c.judge.recent_history > 0
+        ),
+        "long_history + recent_history > 0 with engine embedding (it compares with those items)",
+    ),
+    (
         ("judge.engine", "judge.adapter", "judge.evidence"),
         lambda c: (
             c.judge.engine != "embedding" or (c.judge.adapter is None and not c.judge.evidence)

@@ -50,7 +50,8 @@ def to_scale(x: np.ndarray, lo: float, hi: float, scale: int) -> np.ndarray:
 
 def _unit(v: np.ndarray) -> np.ndarray:
     norm = np.linalg.norm(v, axis=-1, keepdims=True)
-    return v / np.maximum(norm, 1e-12)
+    unit: np.ndarray = v / np.maximum(norm, 1e-12)
+    return unit
 
 
 def aspect_scores(
@@ -170,7 +171,7 @@ class EmbeddingJudge:
                 c.recent_history,
             )
             for i, row in zip(idx, scores, strict=True):
-                aspects = {a: float(s) for a, s in zip(c.aspects, row, strict=True)}
+                aspects = {str(a): float(s) for a, s in zip(c.aspects, row, strict=True)}
                 results[i] = JudgeResult("ok", None, aspects, None, False, 0)
         return [r for r in results if r is not None]
 

@@ -100,9 +100,14 @@ def test_identity_hash_follows_what_decides_the_scores():
 
 def test_config_rules_and_checks():
     assert preflight(_cfg().judge) is None  # no model to resolve
-    for bad in ("judge.aspects=[profile,context]", "judge.adapter=/x", "judge.evidence=true"):
+    for bad in (
+        ["judge.aspects=[profile,context]"],
+        ["judge.adapter=/x"],
+        ["judge.evidence=true"],
+        ["judge.long_history=0", "judge.recent_history=0"],
+    ):
         with pytest.raises(ConfigError, match="engine embedding"):
-            _cfg(bad)
+            _cfg(*bad)
     with pytest.raises(JudgeSetupError, match="no language model"):
         make_engine(_cfg().judge)
     with pytest.raises(ValueError, match="cannot score aspects"):
