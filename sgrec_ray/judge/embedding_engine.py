@@ -66,28 +66,29 @@ def aspect_scores(
     """Aspect scores ``[len(items), len(aspects)]`` in [1, scale] for one user.
 
     Args:
-        vectors: item embeddings ``[n_items, dim]``, row = item_idx (normalised here again, so any
-            embedding works).
+        vectors: item embeddings ``[n_items, dim]``, row = item_idx; only the rows used are read
+            and normalised (a catalogue of millions costs nothing extra per call).
         history: the user's items, oldest first; only valid item_idx are used, and the caller
             guarantees at least one and that every candidate in ``items`` is valid.
     """
-    v = _unit(np.asarray(vectors, np.float64))
+
+    def rows(idx: Sequence[int]) -> np.ndarray:
+        return _unit(np.asarray(vectors[np.asarray(idx, np.int64)], np.float64))
+
     window = (
         list(history)[-(long_history + recent_history) :] if long_history + recent_history else []
     )
     recent = window[-recent_history:] if recent_history else window
     if not recent:  # recent_history = 0: the future reading falls back to the whole window
         recent = window
-    cand = v[np.asarray(items, np.int64)]  # [C, D]
-    hist = v[np.asarray(window, np.int64)]  # [H, D]
+    cand = rows(items)  # [C, D]
+    hist = rows(window)  # [H, D]
     out = []
     for aspect in aspects:
         if aspect == "profile":
             out.append(to_scale(cand @ _unit(hist.mean(0)), -1.0, 1.0, scale))
         elif aspect == "future":
-            out.append(
-                to_scale(cand @ _unit(v[np.asarray(recent, np.int64)].mean(0)), -1.0, 1.0, scale)
-            )
+            out.append(to_scale(cand @ _unit(rows(recent).mean(0)), -1.0, 1.0, scale))
         elif aspect == "novelty":
             nearest = (cand @ hist.T).max(axis=1)
             out.append(to_scale(1.0 - nearest, 0.0, 2.0, scale))
