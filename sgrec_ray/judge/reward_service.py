@@ -52,7 +52,8 @@ class RewardCore:
     """Judge + aggregator + LRU cache; ``judge=None`` serves from the (warm-started) cache only.
 
     Args:
-        judge: a Stage A judge with ``score(requests)`` and ``prompt_hash`` (``scoring.Judge``).
+        judge: a Stage A judge with ``score(requests)`` and ``prompt_hash`` (``scoring.Judge``, or
+            ``embedding_engine.EmbeddingJudge`` for ``judge.engine: embedding``).
         aggregator: Stage B's w(x) (``aggregate.load_aggregator``).
         featurizer: turns (user_ids, histories) into the aggregator's feature rows.
         window: history items the judge's prompt shows (``long_history + recent_history``).
@@ -242,8 +243,14 @@ def build_core(cfg: Config, *, with_judge: bool = True) -> RewardCore:
 
     ctx = RunContext(cfg)
     aggregator = load_aggregator(ctx.path("aggregate", "model"))
-    judge = None
-    if with_judge:
+    judge: Any = None
+    prompt_hash = None
+    if cfg.judge.engine == "embedding":  # no LLM: scores every miss in microseconds
+        from sgrec_ray.judge.embedding_engine import EmbeddingJudge, load_vectors
+
+        embedder = EmbeddingJudge(cfg.judge, load_vectors(ctx))
+        judge, prompt_hash = (embedder if with_judge else None), embedder.prompt_hash
+    elif with_judge:
         from sgrec_ray.judge.scoring import Judge
 
         users_uri = ctx.path("data", USERS_FILE)
@@ -254,7 +261,7 @@ def build_core(cfg: Config, *, with_judge: bool = True) -> RewardCore:
         aggregator,
         aggregator.featurizer(),
         window=cfg.judge.long_history + cfg.judge.recent_history,
-        prompt_hash=getattr(judge, "prompt_hash", None) or _prompt_hash(cfg),
+        prompt_hash=prompt_hash or getattr(judge, "prompt_hash", None) or _prompt_hash(cfg),
         cache_size=cfg.aggregate.service_cache_size,
     )
     if cfg.aggregate.service_warm_start and storage.exists(ctx.path("judge", "scores")):

@@ -4,6 +4,8 @@ Recipe: check the model and engine (fail fast); read the split's samples; build 
 (target, SFT beams, hard and random negatives); drop the pairs already judged by an earlier,
 interrupted run; stream the rest through a Ray Data actor pool of :class:`Judge` (or the vLLM
 processor) in chunks of whole users; write each finished chunk as one Parquet part file; report.
+``judge.engine: embedding`` scores the same chunks in this process from the sid stage's item
+embeddings (no model to load, microseconds per pair: an actor pool would only add overhead).
 
 Output, ``<run>/judge/``:
   ``candidates.parquet``  the candidate sets (user_id, history, timestamp, item_idx, origin, split)
@@ -174,7 +176,7 @@ def judge_pending(
     candidates: pa.Table,
     items: pa.Table,
     users: pa.Table | None,
-    ref: ModelRef,
+    ref: ModelRef | None,
     max_chunks: int | None = None,
     engine: type | None = None,
 ) -> dict[str, Any]:
@@ -183,11 +185,17 @@ def judge_pending(
     ``max_chunks`` stops after that many chunks (what an interruption leaves behind; for tests).
     ``engine``: judge.engine=vllm only, a stand-in for the vLLM engine stage (tests; see
     :func:`~sgrec_ray.judge.vllm_engine.build_judge_processor`).
-    Returns this run's counts: pairs judged, chunks written, seconds, prompt tokens.
+    Returns this run's counts: pairs judged, chunks written, seconds, prompt tokens, and the
+    prompt hash the rows carry.
     """
     cfg = ctx.cfg.judge
     out_dir = ctx.path(STAGE, SCORES_DIR)
-    phash = prompt_spec(cfg).prompt_hash
+    embedder = None
+    if cfg.engine == "embedding":
+        from sgrec_ray.judge.embedding_engine import EmbeddingJudge, load_vectors
+
+        embedder = EmbeddingJudge(cfg, load_vectors(ctx))
+    phash = embedder.prompt_hash if embedder is not None else prompt_spec(cfg).prompt_hash
     identity = (phash, model_id(cfg), cfg.adapter)
     keys = list(
         zip(
@@ -205,6 +213,7 @@ def judge_pending(
         "chunks": 0,
         "seconds": 0.0,
         "prompt_tokens": 0,
+        "prompt_hash": phash,
     }
     if pending.num_rows == 0:
         log.info("judge: all %d pairs already judged in %s", len(done), out_dir)
@@ -219,7 +228,11 @@ def judge_pending(
     )
     started = time.time()
     target = scores_schema(cfg.aspects)
-    batches = _score_batches(chunks, cfg, ref, items, users, engine)
+    if embedder is not None:
+        batches: Iterator[pa.Table] = (embedder.score_table(c) for c in chunks)
+    else:
+        assert ref is not None  # preflight resolved the model of every LLM engine
+        batches = _score_batches(chunks, cfg, ref, items, users, engine)
     try:
         for batch in batches:
             table = conform(batch, target)
@@ -448,8 +461,8 @@ def summarize(
         "model": model_id(cfg),
         "adapter": cfg.adapter,
         "engine": cfg.engine,
-        "scoring": cfg.scoring,
-        "prompt_hash": prompt_spec(cfg).prompt_hash,
+        "scoring": "cosine" if cfg.engine == "embedding" else cfg.scoring,
+        "prompt_hash": stats.get("prompt_hash") or prompt_spec(cfg).prompt_hash,
         "split": cfg.split,
     }
 

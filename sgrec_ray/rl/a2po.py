@@ -56,9 +56,15 @@ from sgrec_ray.ray_train import fit, make_trainer
 from sgrec_ray.rl.advantages import get_advantage
 from sgrec_ray.rl.groups import fuse_batch
 from sgrec_ray.rl.objective import policy_loss
-from sgrec_ray.rl.rewards import RewardEnv, get_business_reward
+from sgrec_ray.rl.rewards import (
+    BUSINESS_REWARDS,
+    RewardEnv,
+    constant_groups_by_reward,
+    get_business_reward,
+    reward_models,
+)
 from sgrec_ray.rl.rollout import RolloutBatch, beam_rollout, policy_log_probs, sample_rollout
-from sgrec_ray.rl.telemetry import Telemetry, reduce_step, step_record
+from sgrec_ray.rl.telemetry import Telemetry, by_reward_sums, reduce_step, step_record
 from sgrec_ray.runs import RunContext, StageResult, fingerprint
 from sgrec_ray.sid.trie import SidTrie, SidVocab
 
@@ -115,10 +121,11 @@ def run(ctx: RunContext) -> StageResult:
     check_reference(sft_uri, vocab, trie)
     upstream = {d: ctx.require(d)["fingerprint"] for d in ("data", "sid", "sft")}
     ranker_uri = sasrec_uri = None
-    if cfg.rl.business_reward == "ranker":
+    models = reward_models(cfg.rl.business_reward, cfg.rl.composite_weights)
+    if "ranker" in models:
         ranker_uri = ctx.require("ranker")["outputs"]["model"]
         upstream["ranker"] = ctx.require("ranker")["fingerprint"]
-    if cfg.rl.business_reward == "sasrec":
+    if "sasrec" in models:
         sasrec_uri = ctx.require("sasrec")["outputs"]["model"]
         upstream["sasrec"] = ctx.require("sasrec")["fingerprint"]
     semantic = None
@@ -211,8 +218,8 @@ def train_policy(
         prompts: RL prompts (see :func:`load_prompts`).
         sft_uri: the SFT checkpoint: initial policy and frozen reference.
         stage_uri: where ``model/``, ``telemetry.jsonl`` and ``ray_train/`` go.
-        ranker_uri: the ranker model (``rl.business_reward=ranker``).
-        sasrec_uri: the sasrec stage's model (``rl.business_reward=sasrec``).
+        ranker_uri: the ranker model (``rl.business_reward=ranker``, or a composite weighting it).
+        sasrec_uri: the sasrec stage's model (``rl.business_reward=sasrec``, or a composite).
         item_value: float64 [n_items] business value per item, None = 1.
         semantic: an object with ``score(user_ids, histories, items) -> list[float | None]`` and
             ``stats()`` (a ``RewardClient``); None = no judge (semantic advantage always absent).
@@ -222,10 +229,15 @@ def train_policy(
     started = time.time()
     rl = cfg.rl
     get_advantage(rl.advantage), get_business_reward(rl.business_reward)  # fail before Ray
-    if rl.business_reward == "ranker" and ranker_uri is None:
-        raise ValueError("rl.business_reward=ranker needs the ranker stage's model (ranker_uri)")
-    if rl.business_reward == "sasrec" and sasrec_uri is None:
-        raise ValueError("rl.business_reward=sasrec needs the sasrec stage's model (sasrec_uri)")
+    models = reward_models(rl.business_reward, rl.composite_weights)
+    if "ranker" in models and ranker_uri is None:
+        raise ValueError(
+            f"rl.business_reward={rl.business_reward} needs the ranker stage's model (ranker_uri)"
+        )
+    if "sasrec" in models and sasrec_uri is None:
+        raise ValueError(
+            f"rl.business_reward={rl.business_reward} needs the sasrec stage's model (sasrec_uri)"
+        )
     storage_path = storage.join(stage_uri, "ray_train")
     if fresh:
         storage.delete_dir(storage.join(storage_path, run_name))
@@ -293,6 +305,16 @@ def summarize(log: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
     ):
         values = [r[key] for r in steps if r.get(key) is not None]
         out[f"mean_{key}"] = round(float(np.mean(values)), 6) if values else None
+    by_reward: dict[str, float] = {}
+    for name in BUSINESS_REWARDS:
+        values = [
+            r["constant_share_by_reward"][name]
+            for r in steps
+            if r.get("constant_share_by_reward", {}).get(name) is not None
+        ]
+        if values:
+            by_reward[name] = round(float(np.mean(values)), 6)
+    out["mean_constant_share_by_reward"] = by_reward
     for key in ("judge_pairs", "judged_groups", "judge_failed_groups", "nan_groups", "rollouts"):
         out[f"total_{key}"] = int(sum(r.get(key, 0) for r in steps))
     for key in ("rollout_s", "reward_s", "judge_s", "update_s", "step_s"):
@@ -447,8 +469,14 @@ def _train_loop(config: dict[str, Any]) -> None:
             ranker=ranker,
             item_values=config["item_value"],
             sasrec=sasrec,
+            weights=rl.composite_weights,
         )
         r_biz = np.asarray(reward_fn(items, batch.targets.numpy(), env), dtype=np.float64)
+        # The same rollouts under every reward the loaded models allow: which would leave groups
+        # constant (no update). Timed with the reward, which it can at most double.
+        by_reward = constant_groups_by_reward(
+            items, batch.targets.numpy(), env, known={rl.business_reward: r_biz}
+        )
         batch.timings["reward_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         rng = np.random.default_rng([seed, step, rank, 17])
@@ -477,6 +505,7 @@ def _train_loop(config: dict[str, Any]) -> None:
                 "sem_count": int(sem_ok.sum()),
                 "target_hits": int((items == batch.targets.numpy()[:, None]).any(1).sum()),
                 "topped_up": batch.topped_up,
+                **by_reward_sums(by_reward),
             }
         )
         sums_all, times_all = reduce_step(sums, batch.timings, device, world)

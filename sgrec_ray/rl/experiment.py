@@ -29,14 +29,14 @@ from sgrec_ray.config import Config
 from sgrec_ray.data import schema
 from sgrec_ray.data.items import genre_matrix
 from sgrec_ray.plots import pyplot, save_png
+from sgrec_ray.rl.experiment_report import KEYS, STAGE, fmt_mean_std
+from sgrec_ray.rl.rewards import reward_models
 from sgrec_ray.runs import RunContext, StageResult, resolve_adapter, write_manifest
 
 log = logging.getLogger(__name__)
 
-STAGE = "experiment"
 ARMS = ("grpo", "reward_sum", "adv_sum", "a2po")
 RESULT_FILE = "result.json"
-KEYS = ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "judge@10", "genre@10", "pctr@10")
 
 
 def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = False) -> dict:
@@ -65,7 +65,8 @@ def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = Fa
 
         require_in_process(cfg.judge, "the semantic reward service (sgrec experiment)")
     shared = ["data", "sasrec", "sid", "sft", "eval"]
-    shared += ["ranker"] if cfg.rl.business_reward == "ranker" else []
+    models = reward_models(cfg.rl.business_reward, cfg.rl.composite_weights)
+    shared += ["ranker"] if "ranker" in models else []
     shared += ["judge", "aggregate"] if semantic is None and judge_needed else []
     for name in shared:
         pipeline.run_stage(ctx, name)
@@ -105,6 +106,7 @@ def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = Fa
         "semantic_rate_study": study,
         "constant_biz_share": {a: _mean_key(t, "constant_biz_share") for a, t in telemetry.items()},
         "rule_constant_biz_share": _rule_constant_share(telemetry),
+        "constant_share_by_reward": constant_share_by_reward(telemetry),
         "reading": reading(methods, study, cfg),
         "plots": plots,
         "judge_service": semantic.stats() if semantic is not None else None,
@@ -147,6 +149,7 @@ def _arm(
     cfg = ctx.cfg
     rl = dataclasses.replace(cfg.rl, advantage=arm, semantic_rate=rate)  # type: ignore[arg-type]
     arm_cfg = dataclasses.replace(cfg, rl=rl, run=dataclasses.replace(cfg.run, seed=seed))
+    models = reward_models(rl.business_reward, rl.composite_weights)
     name = f"{arm}-seed{seed}" + ("" if rate == cfg.rl.semantic_rate else f"-rate{rate:g}")
     if arm == "grpo":  # grpo ignores semantics: one run serves every rate
         name = f"{arm}-seed{seed}"
@@ -161,12 +164,8 @@ def _arm(
         prompts=prompts,
         sft_uri=ctx.require("sft")["outputs"]["model"],
         stage_uri=uri,
-        ranker_uri=ctx.require("ranker")["outputs"]["model"]
-        if rl.business_reward == "ranker"
-        else None,
-        sasrec_uri=ctx.require("sasrec")["outputs"]["model"]
-        if rl.business_reward == "sasrec"
-        else None,
+        ranker_uri=ctx.require("ranker")["outputs"]["model"] if "ranker" in models else None,
+        sasrec_uri=ctx.require("sasrec")["outputs"]["model"] if "sasrec" in models else None,
         item_value=item_values(cfg, items),
         semantic=semantic if uses_judge(rl) else None,
         run_name=name,
@@ -201,7 +200,8 @@ class _Scorer:
         self.liked = self._liked_targets()
         self.judge_users = min(cfg.rl.judge_eval_users, self.n_users) if semantic else 0
         self.ranker = None
-        if cfg.rl.business_reward == "ranker" and ctx.manifest("ranker"):
+        models = reward_models(cfg.rl.business_reward, cfg.rl.composite_weights)
+        if "ranker" in models and ctx.manifest("ranker"):
             from sgrec_ray.rl.ranker import load_ranker
 
             self.ranker = load_ranker(ctx.require("ranker")["outputs"]["model"])
@@ -323,6 +323,18 @@ def _study_row(rate: float, result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def constant_share_by_reward(telemetry: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    """Per business reward, the mean over every arm's steps (first seed) of the share of groups it
+    would leave constant on those rollouts (the a2po loop scores each reward its models allow)."""
+    values: dict[str, list[float]] = {}
+    for rows in telemetry.values():
+        for r in rows:
+            for name, share in (r.get("constant_share_by_reward") or {}).items():
+                if share is not None:
+                    values.setdefault(name, []).append(share)
+    return {name: round(float(np.mean(v)), 4) for name, v in values.items()}
+
+
 def _rule_constant_share(telemetry: dict[str, list[dict[str, Any]]]) -> float | None:
     """Share of groups whose *rule* reward would be constant: groups without the true item.
 
@@ -395,14 +407,6 @@ def _plots(
     return out
 
 
-def _fmt(m: dict[str, Any], key: str) -> str:
-    v = m.get(key)
-    if v is None:
-        return "n/a"
-    s = m.get("std", {}).get(key)
-    return f"{v:.4f} ± {s:.4f}" if s else f"{v:.4f}"
-
-
 def reading(
     methods: dict[str, dict[str, Any]], study: list[dict[str, Any]], cfg: Config
 ) -> list[str]:
@@ -420,7 +424,7 @@ def reading(
             if abs(diff) <= spread or diff == 0
             else ("higher" if diff > 0 else "lower")
         )
-        return f"{a} {_fmt(ma, key)} vs {b} {_fmt(mb, key)} on {key}: {verdict}"
+        return f"{a} {fmt_mean_std(ma, key)} vs {b} {fmt_mean_std(mb, key)} on {key}: {verdict}"
 
     n = len(cfg.rl.seeds)
     lines = [
@@ -433,7 +437,7 @@ def reading(
     rs, a2 = methods.get("reward_sum"), methods.get("a2po")
     if rs and a2 and rs.get("hr@10") is not None and a2.get("hr@10") is not None:
         lines.append(
-            f"Claim 3 (Reward-Sum is unstable): HR@10 {_fmt(rs, 'hr@10')} vs A2PO {_fmt(a2, 'hr@10')} "
+            f"Claim 3 (Reward-Sum is unstable): HR@10 {fmt_mean_std(rs, 'hr@10')} vs A2PO {fmt_mean_std(a2, 'hr@10')} "
             f"over {n} seed(s); a collapse would show as a large drop or a large std."
         )
     by_rate = {r["semantic_rate"]: r for r in study}
@@ -452,32 +456,3 @@ def reading(
         "setting can resolve."
     )
     return lines
-
-
-def format_experiment_table(metrics: dict[str, Any]) -> str:
-    """Markdown table: one row per method, mean ± std per measure."""
-    head = "| method | runs | " + " | ".join(KEYS) + " |"
-    lines = [head, "|" + "---|" * (len(KEYS) + 2)]
-    for name, m in metrics.get("methods", {}).items():
-        if "runs" not in m:  # rows of other stages (pop, *_exclude_seen) belong to other tables
-            continue
-        lines.append(f"| {name} | {m.get('runs')} | " + " | ".join(_fmt(m, k) for k in KEYS) + " |")
-    return "\n".join(lines)
-
-
-def format_study_table(study: list[dict[str, Any]]) -> str:
-    cols = [
-        "semantic_rate",
-        "hr@10",
-        "ndcg@10",
-        "judge@10",
-        "genre@10",
-        "judge_pairs",
-        "judge_seconds",
-        "hr@10_vs_full",
-    ]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in study:
-        cells = [f"{r.get(c):.4f}" if isinstance(r.get(c), float) else str(r.get(c)) for c in cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)

@@ -11,7 +11,7 @@ Adding a reward = one function + one line in ``BUSINESS_REWARDS`` + one test.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -36,6 +36,7 @@ class RewardEnv:
     ranker: Ranker | None = None
     sasrec: Ranker | None = None  # SASRec's p(item | history) through the same predict() shape
     item_values: FloatArray | None = None  # float64 [n_items] business value; None = 1 for all
+    weights: Mapping[str, float] = field(default_factory=dict)  # composite: rl.composite_weights
 
 
 RewardFn = Callable[[IntArray, IntArray, RewardEnv], FloatArray]
@@ -85,11 +86,31 @@ def sasrec_reward(items: IntArray, targets: IntArray, env: RewardEnv) -> FloatAr
     return np.asarray(env.sasrec.predict(env.histories, items), dtype=np.float64)
 
 
+def composite_reward(items: IntArray, targets: IntArray, env: RewardEnv) -> FloatArray:
+    """Σ w_name · reward_name over ``env.weights`` (``rl.composite_weights``), raw, not normalised.
+
+    With the default {rule: 1, sasrec: 1}: in a group holding the true item the rule reward (1 for
+    it, rank penalties down to about −0.3 for the others) dominates, since SASRec's probabilities
+    over the catalogue are small; in a group without it the rule term is constant and SASRec's
+    p(item | history) orders the rollouts, so far fewer groups are left with no business signal.
+    """
+    if not env.weights:
+        raise ValueError("rl.business_reward=composite needs rl.composite_weights (name: weight)")
+    total = np.zeros(np.shape(items), dtype=np.float64)
+    for name, weight in env.weights.items():
+        if weight:
+            total += weight * np.asarray(get_business_reward(name)(items, targets, env), np.float64)
+    return total
+
+
 BUSINESS_REWARDS: dict[str, RewardFn] = {
     "rule": rule_reward,
     "ranker": ranker_reward,
     "sasrec": sasrec_reward,
+    "composite": composite_reward,
 }
+# The trained model each reward reads from RewardEnv (and the stage that makes it).
+REWARD_MODELS = {"ranker": "ranker", "sasrec": "sasrec"}
 
 
 def get_business_reward(name: str) -> RewardFn:
@@ -107,3 +128,45 @@ def constant_group_share(rewards: FloatArray, tol: float = 1e-9) -> float:
     if rewards.size == 0:
         return 0.0
     return float(np.mean(np.ptp(rewards, axis=1) <= tol))
+
+
+def reward_models(name: str, weights: Mapping[str, float]) -> set[str]:
+    """The models (``ranker``, ``sasrec``) reward ``name`` needs; the composite's weighted parts'."""
+    parts = [n for n, w in weights.items() if w] if name == "composite" else [name]
+    return {REWARD_MODELS[n] for n in parts if n in REWARD_MODELS}
+
+
+def computable_rewards(env: RewardEnv) -> list[str]:
+    """Every business reward the models in ``env`` allow (rule always; composite when its parts)."""
+    have = {m for m, v in (("ranker", env.ranker), ("sasrec", env.sasrec)) if v is not None}
+    names = [n for n in BUSINESS_REWARDS if n != "composite" and reward_models(n, {}) <= have]
+    if env.weights and reward_models("composite", env.weights) <= have:
+        names.append("composite")
+    return names
+
+
+def constant_groups_by_reward(
+    items: IntArray,
+    targets: IntArray,
+    env: RewardEnv,
+    known: Mapping[str, FloatArray] | None = None,
+    tol: float = 1e-9,
+) -> dict[str, tuple[int, int]]:
+    """Per computable reward, (groups it would leave constant, groups with a finite reward).
+
+    A constant group gets no A2PO update.
+
+    One set of rollouts, every reward: the report can then say which reward leaves the policy
+    something to learn from on the same data. ``known``: rewards already computed (the training
+    reward), reused instead of recomputed. Groups with a non-finite reward are left out of both
+    counts (the A2PO loop counts them as ``nan_groups``), as in :func:`constant_group_share`.
+    """
+    out: dict[str, tuple[int, int]] = {}
+    for name in computable_rewards(env):
+        r = known.get(name) if known else None
+        if r is None:
+            r = get_business_reward(name)(items, targets, env)
+        r = np.asarray(r, dtype=np.float64)
+        finite = r[np.isfinite(r).all(axis=1)]
+        out[name] = (round(constant_group_share(finite, tol) * len(finite)), len(finite))
+    return out

@@ -20,6 +20,7 @@ import torch
 
 from sgrec_ray import storage
 from sgrec_ray.plots import pyplot, save_png
+from sgrec_ray.rl.rewards import BUSINESS_REWARDS
 
 # Summed over workers each step.
 SUM_KEYS = (
@@ -43,6 +44,13 @@ SUM_KEYS = (
     "kl_sum",
     "clip_sum",
     "updates",
+    # Per business reward, on the same rollouts: groups it leaves constant / groups it scored
+    # (0 / 0 for a reward whose model is not loaded: its share is then None, not 0).
+    *[
+        f"{kind}_{name}"
+        for name in BUSINESS_REWARDS
+        for kind in ("constant_groups", "scored_groups")
+    ],
 )
 # Max over workers each step (the slowest worker sets the pace of a synchronous step).
 MAX_KEYS = ("rollout_s", "reward_s", "judge_s", "update_s", "step_s")
@@ -77,6 +85,15 @@ def reduce_step(
     )
 
 
+def by_reward_sums(counts: Mapping[str, tuple[int, int]]) -> dict[str, float]:
+    """``constant_groups_by_reward`` output as SUM_KEYS entries (summed over workers like the rest)."""
+    out: dict[str, float] = {}
+    for name, (constant, scored) in counts.items():
+        out[f"constant_groups_{name}"] = float(constant)
+        out[f"scored_groups_{name}"] = float(scored)
+    return out
+
+
 def _ratio(num: float, den: float) -> float | None:
     return round(num / den, 6) if den else None
 
@@ -93,6 +110,12 @@ def step_record(
         "sign_agreement": _ratio(sums["sign_agree"], sums["judged_rollouts"]),
         "lambda_mean": _ratio(sums["lam_sum"], sums["judged_rollouts"]),
         "constant_biz_share": _ratio(sums["constant_biz_groups"], groups),
+        # Which business reward would leave how many of these groups without an update.
+        "constant_share_by_reward": {
+            name: _ratio(sums.get(f"constant_groups_{name}", 0.0), scored)
+            for name in BUSINESS_REWARDS
+            if (scored := sums.get(f"scored_groups_{name}", 0.0))
+        },
         "zero_adv_share": _ratio(sums["zero_adv_groups"], groups),
         "target_in_group": _ratio(sums["target_hits"], groups),
         "clip_frac": _ratio(sums["clip_sum"], updates),

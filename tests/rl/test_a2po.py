@@ -55,6 +55,10 @@ def test_a2po_stage_trains_exports_evaluates_and_reports(rl_base):
     m = manifest["metrics"]
     assert m["steps"] == 3 and m["total_rollouts"] == 3 * 6 * 6
     assert 0 <= m["mean_constant_biz_share"] <= 1 and m["mean_kl"] >= 0
+    # The same rollouts under every reward the loaded models allow (the ranker here, and rule).
+    by_reward = m["mean_constant_share_by_reward"]
+    assert set(by_reward) == {"rule", "ranker"}
+    assert by_reward["ranker"] == pytest.approx(m["mean_constant_biz_share"], abs=1e-6)
     assert set(m["methods"]) == {"a2po"} and m["methods"]["a2po"]["valid_rate"] == 1.0
     rows = read_jsonl(ctx.path("a2po", "telemetry.jsonl"))
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -67,7 +71,8 @@ def test_a2po_stage_trains_exports_evaluates_and_reports(rl_base):
 
     report = write_report(ctx)
     assert "a2po" in report["methods"] and "sft" in report["methods"]
-    assert "RL fine-tuning" in storage.read_text(storage.join(ctx.run_uri, "report.md"))
+    md = storage.read_text(storage.join(ctx.run_uri, "report.md"))
+    assert "RL fine-tuning" in md and "would leave constant on the same rollouts" in md
 
 
 @pytest.mark.integration
@@ -132,3 +137,26 @@ def test_worker_failure_resumes_from_latest_checkpoint(rl_base, tmp_path, monkey
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["world_size"] == 2
     meta = json.loads((tmp_path / "a2po_resume" / "model" / "generator.json").read_text())
     assert meta["step"] == 3
+
+
+@pytest.mark.integration
+def test_composite_reward_and_constant_shares_per_reward(rl_base, tmp_path):
+    ctx = rl_ctx(rl_base, ["rl.business_reward=composite", "rl.steps=2"])
+    result = train_policy(
+        ctx.cfg,
+        prompts=load_prompts(ctx.path("data", schema.TRAIN_FILE), ctx.cfg.data.max_history),
+        sft_uri=ctx.require("sft")["outputs"]["model"],
+        stage_uri=str(tmp_path / "a2po_composite"),
+        sasrec_uri=ctx.require("sasrec")["outputs"]["model"],
+        run_name="composite",
+    )
+    rows = read_jsonl(str(tmp_path / "a2po_composite" / "telemetry.jsonl"))
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        shares = r["constant_share_by_reward"]
+        assert set(shares) == {"rule", "sasrec", "composite"}  # no ranker loaded: not scored
+        assert shares["composite"] == pytest.approx(r["constant_biz_share"], abs=1e-6)
+        # rule is constant exactly where the true item is missing; SASRec orders those groups.
+        assert shares["rule"] == pytest.approx(1 - r["target_in_group"], abs=1e-6)
+        assert shares["composite"] <= shares["rule"]
+    assert set(result.metrics["mean_constant_share_by_reward"]) == {"rule", "sasrec", "composite"}

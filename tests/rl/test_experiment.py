@@ -58,7 +58,8 @@ def test_experiment_writes_table_study_and_reading(rl_base):
     assert storage.exists(ctx.path("experiment", "a2po-seed0", "result.json"))
     assert storage.exists(ctx.path("experiment", "a2po-seed0-rate0", "result.json"))
     report = storage.read_json(storage.join(ctx.run_uri, REPORT_JSON))
-    assert set(ARMS) <= set(report["methods"]) and report["semantic_rate_study"]
+    assert set(ARMS) <= set(report["experiment"]["methods"])
+    assert report["experiment"]["semantic_rate_study"]
     md = storage.read_text(storage.join(ctx.run_uri, REPORT_MD))
     assert "Semantic-rate study" in md and "experiment/methods.png" in md
     # A rerun reuses every finished arm (no retraining).
