@@ -129,9 +129,12 @@ class ItemLayoutLM(nn.Module):
         q = q + self.head_out(F.gelu(self.head_in(self.head_norm(q))))
         return self.lm.lm_head(self.out_norm(q))
 
-    def _items(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _items(
+        self, input_ids: Tensor, attention_mask: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(H [B, 1 + N, d] transformer states over BOS + complete items, n_items [B], token
-        index within the real sequence [B, T] (-1 on left padding))."""
+        index within the real sequence [B, T] (-1 on left padding), the tokens' embeddings
+        [B, T, d] (0 on padding), which forward reuses for the codes-so-far sums)."""
         mask = attention_mask.long()
         k = mask.cumsum(1) - 1
         n_items = (mask.sum(1) - 1).clamp(min=0) // self.depth
@@ -152,14 +155,14 @@ class ItemLayoutLM(nn.Module):
             position_ids=pos[None].expand(len(x), -1),
             use_cache=False,
         ).last_hidden_state
-        return h, n_items, k
+        return h, n_items, k, emb
 
     def history_state(
         self, input_ids: Tensor, attention_mask: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         """(the state after each row's last complete item [B, d] (BOS for an empty history), the
         states the head may attend to [B, 1 + N, d] with their mask [B, 1 + N])."""
-        h, n_items, _ = self._items(input_ids, attention_mask)
+        h, n_items, _, _ = self._items(input_ids, attention_mask)
         visible = torch.arange(h.shape[1], device=h.device)[None] <= n_items[:, None]
         return h[torch.arange(len(h), device=h.device), n_items], h, visible
 
@@ -173,7 +176,7 @@ class ItemLayoutLM(nn.Module):
         """Token-layout interface: logits [B, T, V], position t predicting token t + 1."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        h, _, k = self._items(input_ids, attention_mask)
+        h, _, k, emb = self._items(input_ids, attention_mask)
         t = torch.arange(input_ids.shape[1], device=input_ids.device)
         own = torch.where(k >= 1, (k - 1) % self.depth, self.depth - 1)  # BOS ends "item -1"
         item = torch.where(k >= 1, (k - 1) // self.depth, -1)
@@ -182,7 +185,6 @@ class ItemLayoutLM(nn.Module):
         base_at = torch.where(at_end, item + 1, item).clamp(0, h.shape[1] - 1)
         base = h.gather(1, base_at[..., None].expand(-1, -1, h.shape[-1]))
         # The codes of the item so far (tokens of item j up to this one): a running-sum difference.
-        emb = self.get_input_embeddings()(input_ids) * attention_mask[..., None]
         cs = emb.cumsum(1)
         start = (t[None] - own - 1).clamp(min=0)
         before = cs.gather(1, start[..., None].expand_as(cs))
