@@ -372,8 +372,17 @@ class RlSection:
     grad_clip: float = 1.0
     steps: int = 100
     users_per_step: int = 32
+    # The budget as passes over the train prompts (one group per prompt per pass); set, it replaces
+    # `steps` with ceil(epochs x prompts / users_per_step). MiniOneRec runs 2 epochs.
+    epochs: float | None = None
     inner_updates: int = 1
     checkpoint_every: int = 25
+    # Validation during RL (MiniOneRec's test_during_training, on the valid split, never test):
+    # NDCG@10 of the validation users before the first step and every eval_every steps (and after
+    # the last), ranked with the SFT checkpoint's re-ranking weight; the best step is exported.
+    # Users and beam width are sft.valid_users / sft.valid_beam_width, so the step-0 figure is
+    # the SFT's own. Checkpoints are then taken at validations. 0 = off: the last step is exported.
+    eval_every: int = 25
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0

@@ -188,6 +188,8 @@ RANGES: dict[str, Range] = {
     "rl.grad_clip": POSITIVE,
     "rl.steps": COUNT,
     "rl.users_per_step": COUNT,
+    "rl.epochs": POSITIVE,  # None = rl.steps
+    "rl.eval_every": NONNEG,  # 0 = no validation during RL
     "rl.inner_updates": COUNT,
     "rl.checkpoint_every": COUNT,
     "rl.num_workers": COUNT,

@@ -460,31 +460,24 @@ def _validate(
     world: int,
     device: torch.device,
 ) -> dict[float, float]:
-    """{re-ranking weight: validation NDCG@10}, computed on rank 0 and shared with every rank
-    (so all ranks take the same early-stopping decision)."""
-    from sgrec_ray.generator.validate import validation_ndcg
+    """{re-ranking weight: validation NDCG@10}, the same on every rank."""
+    from sgrec_ray.generator.validate import validate_on_rank0
     from sgrec_ray.sid.trie import SidTrie, SidVocab
 
-    weights = [float(w) for w in config["rerank_weights"]]
-    values = torch.zeros(len(weights), dtype=torch.float64, device=device)
-    if rank == 0:
-        item_tokens = config["item_tokens"]
-        trie = SidTrie.from_tokens(item_tokens, SidVocab.from_json(config["sid_vocab_json"]))
-        scores = validation_ndcg(
-            unwrap(model),
-            config["valid_histories"],
-            config["valid_targets"],
-            item_tokens,
-            trie,
-            token_map,
-            beam_width=config["valid_beam_width"],
-            weights=weights,
-            device=str(device),
-        )
-        values = torch.tensor([scores[w] for w in weights], dtype=torch.float64, device=device)
-    if world > 1 and torch.distributed.is_initialized():
-        torch.distributed.broadcast(values, src=0)
-    return dict(zip(weights, values.tolist(), strict=True))
+    item_tokens = config["item_tokens"]
+    return validate_on_rank0(
+        model,
+        config["valid_histories"],
+        config["valid_targets"],
+        item_tokens,
+        SidTrie.from_tokens(item_tokens, SidVocab.from_json(config["sid_vocab_json"])),
+        token_map,
+        beam_width=config["valid_beam_width"],
+        weights=config["rerank_weights"],
+        rank=rank,
+        world=world,
+        device=device,
+    )
 
 
 def _mean_across_ranks(total: float, count: int, device: torch.device, world: int) -> float:

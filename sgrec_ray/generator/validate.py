@@ -72,3 +72,43 @@ def validation_ndcg(
         result[float(w)] = ndcg(target_ranks(ranked, targets), k)
     model.train(was_training)
     return result
+
+
+def validate_on_rank0(
+    model: torch.nn.Module,
+    histories: Sequence[Sequence[int]],
+    targets: Sequence[int],
+    item_tokens: np.ndarray,
+    trie: SidTrie,
+    token_map: np.ndarray,
+    beam_width: int,
+    weights: Sequence[float],
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> dict[float, float]:
+    """:func:`validation_ndcg` inside a Ray Train loop: computed on rank 0, broadcast to the rest.
+
+    Every rank then takes the same decision (stop, keep this checkpoint) from the same figure,
+    and the other ranks do not beam-search the same users again.
+    """
+    from sgrec_ray.generator.model import unwrap
+
+    ws = [float(w) for w in weights]
+    values = torch.zeros(len(ws), dtype=torch.float64, device=device)
+    if rank == 0:
+        scores = validation_ndcg(
+            unwrap(model),
+            histories,
+            targets,
+            item_tokens,
+            trie,
+            token_map,
+            beam_width=beam_width,
+            weights=ws,
+            device=str(device),
+        )
+        values = torch.tensor([scores[w] for w in ws], dtype=torch.float64, device=device)
+    if world > 1 and torch.distributed.is_initialized():
+        torch.distributed.broadcast(values, src=0)
+    return dict(zip(ws, values.tolist(), strict=True))

@@ -11,8 +11,13 @@ Recipe per worker and step (each worker takes its own shard of the step's prompt
 5. **report** — telemetry reduced over workers, a checkpoint every ``rl.checkpoint_every`` steps.
 
 Prompts are the training windows' last items (history → next item), the split SFT trained on, so the
-eval/test targets stay unseen. Every step's prompt indices come from (seed, step) alone, so a run
-resumed from a checkpoint draws exactly the prompts the lost steps would have drawn.
+eval/test targets stay unseen. The budget is ``rl.steps``, or ``rl.epochs`` passes over the prompts.
+Every step's prompt indices come from (seed, step) alone, so a run resumed from a checkpoint draws
+exactly the prompts the lost steps would have drawn.
+
+Validation (``rl.eval_every`` > 0): NDCG@10 on the valid split before the first step (the SFT's
+figure) and every ``eval_every`` steps, with the checkpoints taken there; the best validated step is
+what the stage exports, so test figures never choose the checkpoint.
 
 Fault tolerance as in SFT: ``FailureConfig(max_failures)`` restarts the worker group, the loop finds
 ``ray.train.get_checkpoint()`` and continues after it. Test-only: with ``SGREC_TEST_FAIL_AFTER_STEP=N``
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tempfile
 import time
@@ -31,6 +37,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import ray
 import ray.train
 import ray.train.torch
@@ -47,6 +54,7 @@ from sgrec_ray.generator.model import (
     param_groups,
 )
 from sgrec_ray.generator.sft import (
+    VALID_METRIC,
     export_checkpoint,
     inject_test_failure,
     restore_checkpoint,
@@ -147,6 +155,7 @@ def run(ctx: RunContext) -> StageResult:
         semantic=semantic,
         run_name=f"a2po-{fp}",
         fresh=ctx.force,
+        valid=load_valid(ctx),
     )
     name = cfg.rl.advantage
     methods = evaluate_model(
@@ -161,6 +170,22 @@ def _item_values(cfg: Config, items: Any) -> np.ndarray | None:
     from sgrec_ray.rl.ranker import item_values
 
     return item_values(cfg, items)
+
+
+def load_valid(ctx: RunContext) -> pa.Table | None:
+    """The validation samples RL is validated on (``sft.valid_users`` of them), None when off."""
+    if ctx.cfg.rl.eval_every <= 0:
+        return None
+    valid = storage.read_table(ctx.path("data", schema.VALID_FILE), columns=["history", "target"])
+    users = ctx.cfg.sft.valid_users
+    return valid if users is None else valid.slice(0, users)
+
+
+def total_steps(rl: RlSection, n_prompts: int) -> int:
+    """The run's optimizer steps: ``rl.epochs`` passes over the prompts when set, else ``rl.steps``."""
+    if rl.epochs is None:
+        return rl.steps
+    return max(math.ceil(rl.epochs * n_prompts / rl.users_per_step), 1)
 
 
 def load_prompts(train_uri: str, max_history: int) -> Prompts:
@@ -211,6 +236,7 @@ def train_policy(
     semantic: Any | None = None,
     run_name: str = "a2po",
     fresh: bool = False,
+    valid: pa.Table | None = None,
 ) -> StageResult:
     """Run the RL loop with explicit inputs (the stage's body; experiment arms and tests call it).
 
@@ -225,6 +251,8 @@ def train_policy(
             ``stats()`` (a ``RewardClient``); None = no judge (semantic advantage always absent).
         run_name: the Ray Train run name; the same name resumes from its latest checkpoint.
         fresh: delete that run's earlier checkpoints first.
+        valid: ``history``/``target`` samples to validate on (``rl.eval_every`` > 0) and choose
+            the exported step by; None = no validation, the last step is exported.
     """
     started = time.time()
     rl = cfg.rl
@@ -242,8 +270,15 @@ def train_policy(
     if fresh:
         storage.delete_dir(storage.join(storage_path, run_name))
     fail_after = os.environ.get(FAIL_ENV)
+    steps = total_steps(rl, len(prompts))
+    validate = valid is not None and rl.eval_every > 0
     loop_config = {
         "rl": asdict(rl),
+        "steps": steps,
+        "eval_every": rl.eval_every if validate else 0,
+        "valid_histories": valid.column("history").to_pylist() if validate else [],
+        "valid_targets": valid.column("target").to_pylist() if validate else [],
+        "valid_beam_width": cfg.sft.valid_beam_width,
         "prompts": prompts,
         "sft_uri": sft_uri,
         "ranker_uri": ranker_uri,
@@ -258,8 +293,10 @@ def train_policy(
     per_worker = max(rl.users_per_step // rl.num_workers, 1)
     print(
         f"[a2po] {rl.advantage} / {rl.business_reward} reward, semantic_rate {rl.semantic_rate}, "
-        f"{len(prompts)} prompts, {rl.steps} steps x {per_worker} groups x {rl.num_workers} "
-        f"worker(s) x G={rl.group_size} ({rl.rollout})",
+        f"{len(prompts)} prompts, {steps} steps x {per_worker} groups x {rl.num_workers} "
+        f"worker(s) x G={rl.group_size} ({rl.rollout}) = "
+        f"{steps * per_worker * rl.num_workers / len(prompts):.2f} epochs"
+        + (f", validated every {rl.eval_every} steps on {len(valid)} users" if validate else ""),
         flush=True,
     )
     trainer = make_trainer(
@@ -268,10 +305,13 @@ def train_policy(
         rl,
         name=run_name,
         storage_path=storage_path,
+        num_to_keep=1 if validate else None,
+        keep_best=VALID_METRIC if validate else None,
     )
     result = fit(trainer, f"A2PO run {run_name}")
     model_uri = storage.join(stage_uri, MODEL_DIR)
-    log = export_checkpoint(result.checkpoint, model_uri)
+    best = result.get_best_checkpoint(VALID_METRIC, "max") if validate else None
+    log = export_checkpoint(best or result.checkpoint, model_uri, log_from=result.checkpoint)
     telemetry_uri = storage.join(stage_uri, TELEMETRY_FILE)
     storage.write_text(telemetry_uri, "".join(json.dumps(r) + "\n" for r in log if "step" in r))
     from sgrec_ray.rl.telemetry import plot_curves
@@ -280,6 +320,8 @@ def train_policy(
         {rl.advantage: [r for r in log if "step" in r]}, storage.join(stage_uri, CURVES_FILE)
     )
     metrics = summarize(log, time.time() - started)
+    metrics["prompts"] = len(prompts)
+    metrics["epochs"] = round(metrics["total_groups"] / len(prompts), 4)
     if semantic is not None and uses_judge(rl):
         metrics["judge_service"] = semantic.stats()
     return StageResult(
@@ -315,7 +357,14 @@ def summarize(log: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
         if values:
             by_reward[name] = round(float(np.mean(values)), 6)
     out["mean_constant_share_by_reward"] = by_reward
-    for key in ("judge_pairs", "judged_groups", "judge_failed_groups", "nan_groups", "rollouts"):
+    for key in (
+        "groups",
+        "judge_pairs",
+        "judged_groups",
+        "judge_failed_groups",
+        "nan_groups",
+        "rollouts",
+    ):
         out[f"total_{key}"] = int(sum(r.get(key, 0) for r in steps))
     for key in ("rollout_s", "reward_s", "judge_s", "update_s", "step_s"):
         out[f"total_{key}"] = round(float(sum(r.get(key, 0.0) for r in steps)), 2)
@@ -323,6 +372,16 @@ def summarize(log: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
         out["first"] = {k: steps[0].get(k) for k in ("reward_biz", "kl", "constant_biz_share")}
         out["last"] = {k: steps[-1].get(k) for k in ("reward_biz", "kl", "constant_biz_share")}
     out["resumed_from_steps"] = [r["from_step"] for r in log if r.get("event") == "resumed"]
+    reference = next((r for r in log if r.get("event") == "valid_reference"), None)
+    validated = [r for r in steps if VALID_METRIC in r]
+    if reference is not None or validated:
+        best = max(validated, key=lambda r: r[VALID_METRIC]) if validated else {}
+        out["valid"] = {
+            "sft": reference[VALID_METRIC] if reference else None,
+            "best_step": best.get("step"),
+            "best": best.get(VALID_METRIC),
+            "by_step": {r["step"]: r[VALID_METRIC] for r in validated},
+        }
     return out
 
 
@@ -435,8 +494,25 @@ def _train_loop(config: dict[str, Any]) -> None:
     prompts: Prompts = config["prompts"]
     telemetry = Telemetry(config["telemetry_uri"] if rank == 0 else None, config["run_tag"])
     gen = torch.Generator().manual_seed(seed * 7919 + rank)
+    n_steps, eval_every = config["steps"], config["eval_every"]
+    weight = sft.meta.rerank_weight  # RL keeps the re-ranking SFT validation chose
 
-    for step in range(start, rl.steps):
+    def validate() -> float:
+        from sgrec_ray.generator.validate import validate_on_rank0
+
+        scores = validate_on_rank0(
+            model, config["valid_histories"], config["valid_targets"], item_tokens, trie,
+            token_map, config["valid_beam_width"], [weight], rank, world, device,
+        )  # fmt: skip
+        return round(scores[weight], 5)
+
+    if eval_every > 0 and state is None:  # the SFT's figure on the same users: the bar to beat
+        reference_ndcg = validate()
+        log.append({"event": "valid_reference", VALID_METRIC: reference_ndcg})
+        if rank == 0:
+            print(f"[a2po] step 0 (SFT) valid NDCG@10 {reference_ndcg:.4f}", flush=True)
+
+    for step in range(start, n_steps):
         t_step = time.perf_counter()
         idx = prompt_indices(len(prompts), step, rl.users_per_step, seed, rank, world)
         batch = RolloutBatch(
@@ -519,28 +595,39 @@ def _train_loop(config: dict[str, Any]) -> None:
                 }
             )
         record = step_record(step + 1, sums_all, times_all, extra)
-        log.append(record)
         done = step + 1
-        last = done == rl.steps
+        last = done == n_steps
+        validating = eval_every > 0 and (done % eval_every == 0 or last)
+        if validating:
+            t0 = time.perf_counter()
+            record[VALID_METRIC] = validate()
+            record["valid_s"] = round(time.perf_counter() - t0, 2)
+        log.append(record)
         if rank == 0:
             telemetry.emit(log)
+            valid = f" valid NDCG@10 {record[VALID_METRIC]:.4f}" if validating else ""
             print(
-                f"[a2po] step {done}/{rl.steps} biz {record['reward_biz']} kl {record['kl']} "
+                f"[a2po] step {done}/{n_steps} biz {record['reward_biz']} kl {record['kl']} "
                 f"const {record['constant_biz_share']} judged {record['judged_groups']} "
-                f"{record['rollouts_per_s']} rollouts/s",
+                f"{record['rollouts_per_s']} rollouts/s{valid}",
                 flush=True,
             )
         if fail_after is not None and done == fail_after + 1 and rank == 0:
             inject_test_failure()
-        if done % max(rl.checkpoint_every, 1) == 0 or last:
+        if done % max(rl.checkpoint_every, 1) == 0 or validating or last:
+            # With validation on, Ray keeps the best validated checkpoint and the latest one; a
+            # checkpoint taken between validations scores -inf, so only a resume reads it.
+            metrics = record
+            if eval_every > 0 and not validating:
+                metrics = {**record, VALID_METRIC: -math.inf}
             with tempfile.TemporaryDirectory() as tmp:
                 checkpoint = None
                 if rank == 0:  # one writer; every rank still reports (a barrier)
                     save_checkpoint(tmp, model, tokenizer, token_map, optimizer, scheduler,
-                          done, done, log, save_cfg,
-                          rerank_weight=sft.meta.rerank_weight)  # fmt: skip
+                          done, done, log, save_cfg, rerank_weight=weight,
+                          valid_ndcg=record.get(VALID_METRIC))  # fmt: skip
                     checkpoint = Checkpoint.from_directory(tmp)
-                ray.train.report(record, checkpoint=checkpoint)
+                ray.train.report(metrics, checkpoint=checkpoint)
         else:
             ray.train.report(record)
 

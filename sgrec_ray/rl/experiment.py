@@ -143,7 +143,7 @@ def _arm(
     force: bool,
 ) -> dict[str, Any]:
     """Train (or reuse) one arm and score it; cached in ``<arm folder>/result.json``."""
-    from sgrec_ray.rl.a2po import train_policy, uses_judge
+    from sgrec_ray.rl.a2po import load_valid, train_policy, uses_judge
     from sgrec_ray.rl.ranker import item_values
 
     cfg = ctx.cfg
@@ -170,6 +170,7 @@ def _arm(
         semantic=semantic if uses_judge(rl) else None,
         run_name=name,
         fresh=force,
+        valid=load_valid(ctx),
     )
     result = {
         **scorer.score(name, trained.outputs["model"]),

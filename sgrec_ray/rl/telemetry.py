@@ -65,6 +65,7 @@ CURVES = (
     ("kl", "KL to reference (k3)"),
     ("clip_frac", "clip fraction"),
     ("rollouts_per_s", "rollouts / s"),
+    ("valid_ndcg@10", "validation NDCG@10"),
 )
 
 
@@ -148,8 +149,10 @@ class Telemetry:
         if self._gauges is None:
             from ray.util.metrics import Gauge
 
-            self._gauges = {
-                key: Gauge(f"sgrec_a2po_{key}", description=label, tag_keys=("run",))
+            self._gauges = {  # Prometheus names: letters, digits and _ only
+                key: Gauge(
+                    f"sgrec_a2po_{key.replace('@', '_at_')}", description=label, tag_keys=("run",)
+                )
                 for key, label in (*CURVES, ("judge_pairs", "judge calls (pairs) this step"))
             }
         return self._gauges

@@ -4,11 +4,13 @@ a reference checkpoint with other SIDs."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 
 from sgrec_ray import pipeline, storage
+from sgrec_ray.config import RlSection
 from sgrec_ray.data import schema
 from sgrec_ray.generator.decode import Recommender
 from sgrec_ray.generator.model import ITEM_TOKENS_FILE, SID_VOCAB_FILE
@@ -17,6 +19,8 @@ from sgrec_ray.rl.a2po import (
     ReferenceMismatchError,
     check_reference,
     load_prompts,
+    load_valid,
+    total_steps,
     train_policy,
 )
 from sgrec_ray.rl.telemetry import read_jsonl
@@ -160,3 +164,44 @@ def test_composite_reward_and_constant_shares_per_reward(rl_base, tmp_path):
         assert shares["rule"] == pytest.approx(1 - r["target_in_group"], abs=1e-6)
         assert shares["composite"] <= shares["rule"]
     assert set(result.metrics["mean_constant_share_by_reward"]) == {"rule", "sasrec", "composite"}
+
+
+def test_budget_in_epochs_replaces_steps():
+    assert total_steps(RlSection(steps=7), 1000) == 7
+    assert total_steps(RlSection(epochs=2.0, users_per_step=32), 1000) == math.ceil(2000 / 32)
+    assert total_steps(RlSection(epochs=0.001, users_per_step=32), 1000) == 1  # at least one
+
+
+@pytest.mark.integration
+def test_epoch_budget_validation_and_best_step_export(rl_base, tmp_path):
+    prompts = load_prompts(rl_base.path("data", schema.TRAIN_FILE), rl_base.cfg.data.max_history)
+    ctx = rl_ctx(
+        rl_base,
+        [f"rl.epochs={17 / len(prompts)}", "rl.eval_every=1", "rl.business_reward=rule",
+         "rl.lr=3e-3"],
+    )  # fmt: skip
+    valid = load_valid(ctx)
+    sft_uri = ctx.require("sft")["outputs"]["model"]
+    result = train_policy(
+        ctx.cfg,
+        prompts=prompts,
+        sft_uri=sft_uri,
+        stage_uri=str(tmp_path / "a2po_valid"),
+        run_name="valid",
+        valid=valid,
+    )
+    m = result.metrics
+    assert m["steps"] == 3 and m["total_groups"] == 18  # ceil(17 / 6) steps of 6 prompts
+    assert m["epochs"] == pytest.approx(18 / len(prompts), abs=1e-4)
+    # Step 0 re-validates the SFT checkpoint on the same users, beam and weight: its own figure.
+    sft_meta = json.loads(storage.read_text(storage.join(sft_uri, "generator.json")))
+    assert m["valid"]["sft"] == pytest.approx(sft_meta["valid_ndcg"], abs=1e-5)
+    by_step = {int(k): v for k, v in m["valid"]["by_step"].items()}
+    assert sorted(by_step) == [1, 2, 3]
+    rows = read_jsonl(str(tmp_path / "a2po_valid" / "telemetry.jsonl"))
+    assert [r["valid_ndcg@10"] for r in rows] == [by_step[s] for s in (1, 2, 3)]
+    # The exported model is the best validated step, never chosen on test.
+    meta = json.loads((tmp_path / "a2po_valid" / "model" / "generator.json").read_text())
+    assert meta["valid_ndcg"] == max(by_step.values()) == m["valid"]["best"]
+    assert by_step[meta["step"]] == max(by_step.values())
+    assert meta["rerank_weight"] == sft_meta["rerank_weight"]
