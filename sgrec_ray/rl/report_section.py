@@ -52,8 +52,11 @@ def rl_markdown(report: dict[str, Any]) -> list[str]:
             f"Method `{a.get('method_name')}`: {a.get('steps')} steps, mean business reward "
             f"{a.get('mean_reward_biz')}, constant-business group share "
             f"{a.get('mean_constant_biz_share')}, KL {a.get('mean_kl')}, judge calls "
-            f"{a.get('total_judge_pairs')}, {a.get('mean_rollouts_per_s')} rollouts/s.",
+            f"{a.get('total_judge_pairs')}, {a.get('mean_rollouts_per_s')} rollouts/s, "
+            f"{a.get('total_groups')} groups = {a.get('epochs')} epochs over "
+            f"{a.get('prompts')} train prompts.",
             "",
+            *valid_lines(a.get("valid")),
             *constant_share_lines(a.get("mean_constant_share_by_reward")),
             "```",
             json.dumps({k: v for k, v in a.items() if k != "judge_service"}, indent=2),
@@ -61,3 +64,16 @@ def rl_markdown(report: dict[str, Any]) -> list[str]:
             "",
         ]
     return out
+
+
+def valid_lines(valid: dict[str, Any] | None) -> list[str]:
+    """The validation sentence: the SFT's figure, the best RL step's, which step was exported."""
+    if not valid:
+        return []
+    best, sft = valid.get("best"), valid.get("sft")
+    gain = f" ({best / sft - 1:+.1%} over SFT)" if best is not None and sft else ""
+    return [
+        f"Validation NDCG@10 (valid split, never test): SFT {sft}, best RL step "
+        f"{valid.get('best_step')} {best}{gain}; that step is the exported model.",
+        "",
+    ]

@@ -77,6 +77,8 @@ def test_a2po_stage_trains_exports_evaluates_and_reports(rl_base):
     assert "a2po" in report["methods"] and "sft" in report["methods"]
     md = storage.read_text(storage.join(ctx.run_uri, "report.md"))
     assert "RL fine-tuning" in md and "would leave constant on the same rollouts" in md
+    assert "Validation NDCG@10 (valid split, never test): SFT" in md
+    assert m["valid"]["best_step"] == 3 and m["valid"]["sft"] is not None  # eval_every 25 > steps
 
 
 @pytest.mark.integration
