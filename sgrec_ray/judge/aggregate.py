@@ -571,6 +571,8 @@ def run(ctx: RunContext) -> StageResult:
             "source": pairset.source,
             "rejects": pairset.rejects,
             "before_scores": pairset.counts(),
+            # Pairs whose user had no event before the pair: judged with an empty history.
+            "empty_history": pairset.empty_history(),
         },
         "train": {
             "objective": cfg.objective,

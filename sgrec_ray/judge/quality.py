@@ -156,9 +156,17 @@ def point_accuracy_for_run(
 
 
 def _side(
-    scores_df: Any, titles: dict[int, str], user: str, item: int, aspects: list[str], w: np.ndarray
+    scores_df: Any,
+    titles: dict[int, str],
+    pair: dict[str, Any],
+    side: str,
+    aspects: list[str],
+    w: np.ndarray,
 ) -> dict[str, Any]:
-    row = scores_df[(scores_df["user_id"] == user) & (scores_df["item_idx"] == item)].iloc[0]
+    """One item of a pair as judged in that pair's context."""
+    item = pair[side]
+    mine = (scores_df["user_id"] == pair["user_id"]) & (scores_df["context"] == pair["context"])
+    row = scores_df[mine & (scores_df["item_idx"] == item)].iloc[0]
     values = {a: round(float(row[a]), 3) for a in aspects}
     out: dict[str, Any] = {
         "item_idx": int(item),
@@ -217,8 +225,9 @@ def example_rows(
             {
                 "user_id": row["user_id"],
                 "weights": {a: round(float(x), 3) for a, x in zip(aspects, w, strict=True)},
-                "preferred": _side(ok, titles, row["user_id"], row["preferred"], aspects, w),
-                "other": _side(ok, titles, row["user_id"], row["other"], aspects, w),
+                "history_items": len(row["history"]),
+                "preferred": _side(ok, titles, row, "preferred", aspects, w),
+                "other": _side(ok, titles, row, "other", aspects, w),
             }
         )
     return out
@@ -301,6 +310,18 @@ def write_plots(ctx: RunContext) -> dict[str, str]:
     return {"Judge aspect score distributions": PLOT_FILE}
 
 
+def _empty_history(pairs: dict[str, Any]) -> str:
+    """' (n of N training and m of M held-out pairs had no earlier event …)', or '' (older runs)."""
+    empty = pairs.get("empty_history")
+    if not empty:
+        return ""
+    before = pairs.get("before_scores", {})
+    return (
+        f" ({empty.get('train')} of {before.get('train')} training and {empty.get('heldout')} of "
+        f"{before.get('heldout')} held-out pairs had no earlier event: an empty history)"
+    )
+
+
 def _fmt(x: Any) -> str:
     return "–" if x is None else f"{x:.4f}" if isinstance(x, float) else str(x)
 
@@ -331,7 +352,9 @@ def render_markdown(section: dict[str, Any], plots: dict[str, str]) -> str:
             f"Held-out pairwise feedback ({pairs.get('source', '?')}): {pairs.get('train')} "
             f"training pairs, {pairs.get('heldout')} held-out pairs (latest by time), "
             f"{pairs.get('skipped')} skipped for lack of ok judge scores "
-            f"({pairs.get('skipped_by_reason', {})}). PairAUC = share of held-out pairs the "
+            f"({pairs.get('skipped_by_reason', {})}). Each pair is judged in its own context: "
+            "the user's history before the pair's earlier event, without the pair's items"
+            f"{_empty_history(pairs)}. PairAUC = share of held-out pairs the "
             "scorer orders correctly (ties ½; 0.5 = chance; the paper's Qwen3-4B judge: 0.81).",
             "",
             "| scorer | PairAUC |",
@@ -359,7 +382,8 @@ def render_markdown(section: dict[str, Any], plots: dict[str, str]) -> str:
             "",
         ]
     for ex in section.get("examples", []):
-        out.append(f"- user {ex['user_id']}, w(x) {ex['weights']}:")
+        shown = f", {ex['history_items']} history items" if "history_items" in ex else ""
+        out.append(f"- user {ex['user_id']}{shown}, w(x) {ex['weights']}:")
         for side in ("preferred", "other"):
             item = ex[side]
             line = f"  - {side}: *{item.get('title')}* {item['aspects']} → {item['holistic']}"

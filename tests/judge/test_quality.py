@@ -91,9 +91,11 @@ def test_report_section_markdown_and_plot(aggregate_run):
     assert section is not None
     assert set(section["pair_auc"]) == {*synthetic.ASPECTS, "uniform", "learned"}
     assert {"train", "heldout", "skipped"} <= set(section["pairs"])
-    assert section["counts"]["failed"] == 6 and section["counts"]["by_origin"] == {
-        "pair": section["counts"]["rows"]
-    }
+    counts = section["counts"]
+    assert counts["failed"] == 6 and sum(counts["by_origin"].values()) == counts["rows"]
+    assert counts["by_origin"]["target"] == synthetic.N_USERS * synthetic.EVENTS_PER_USER
+    assert section["pairs"]["empty_history"]["train"] > 0  # counted, not dropped
+    assert "had no earlier event" in render_markdown(section, {})
     assert section["point"]["n"] > 0 and section["point_acc"] is not None
     assert section["examples"] and "title" in section["examples"][0]["preferred"]
 
