@@ -561,6 +561,7 @@ def run(ctx: RunContext) -> StageResult:
     metrics = {
         "aspects": aspects,
         "pair_auc": fit_.evaluation["pair_auc"],
+        "pair_auc_se": fit_.evaluation["pair_auc_se"],
         "weights_mean": fit_.evaluation["weights_mean"],
         "point_acc": point["point_acc"],
         "point": point,

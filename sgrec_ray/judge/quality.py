@@ -46,7 +46,22 @@ def pair_auc(s_pref: np.ndarray, s_other: np.ndarray) -> float:
         raise ValueError(f"pair_auc: shapes differ {a.shape} vs {b.shape}")
     if a.size == 0:
         return float("nan")
-    return float(np.mean((a > b) + 0.5 * (a == b)))
+    return float(np.mean(_pair_credit(a, b)))
+
+
+def pair_auc_se(s_pref: np.ndarray, s_other: np.ndarray) -> float:
+    """Standard error of :func:`pair_auc` over pairs (std / sqrt(n), ddof 1); NaN under 2 pairs.
+
+    Pairs of one user are not independent, so read it as a lower bound on the noise."""
+    a = np.asarray(s_pref, np.float64)
+    b = np.asarray(s_other, np.float64)
+    if a.size < 2:
+        return float("nan")
+    return float(_pair_credit(a, b).std(ddof=1) / np.sqrt(a.size))
+
+
+def _pair_credit(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a > b) + 0.5 * (a == b)
 
 
 def point_accuracy(
@@ -94,15 +109,15 @@ def evaluate_pairs(
     features [P, F] (the user of each pair), a_pref / a_other [P, A]. Values are None without pairs.
     """
     aspects = aggregator.aspects
-    auc: dict[str, float | None] = {
-        a: _nan_to_none(pair_auc(a_pref[:, k], a_other[:, k])) for k, a in enumerate(aspects)
-    }
-    auc["uniform"] = _nan_to_none(pair_auc(a_pref.mean(1), a_other.mean(1)))
     weights = aggregator.weights(features) if len(features) else np.zeros((0, len(aspects)))
-    auc["learned"] = _nan_to_none(pair_auc((weights * a_pref).sum(1), (weights * a_other).sum(1)))
+    sides = {a: (a_pref[:, k], a_other[:, k]) for k, a in enumerate(aspects)}
+    sides["uniform"] = (a_pref.mean(1), a_other.mean(1))
+    sides["learned"] = ((weights * a_pref).sum(1), (weights * a_other).sum(1))
+    auc = {name: _nan_to_none(pair_auc(*s)) for name, s in sides.items()}
     mean_w = weights.mean(0) if len(weights) else np.full(len(aspects), np.nan)
     return {
         "pair_auc": auc,
+        "pair_auc_se": {name: _nan_to_none(pair_auc_se(*s)) for name, s in sides.items()},
         "weights_mean": {a: _nan_to_none(float(w)) for a, w in zip(aspects, mean_w, strict=True)},
         "n": len(a_pref),
     }
@@ -273,7 +288,8 @@ def report_section(ctx: RunContext) -> dict[str, Any] | None:
         section["stage_a"] = judge.get("metrics", {})  # Stage A's own figures (throughput, …)
     if agg is not None:
         m = agg.get("metrics", {})
-        for key in ("aspects", "pair_auc", "point_acc", "point", "pairs", "weights_mean"):
+        keys = ("aspects", "pair_auc", "pair_auc_se", "point_acc", "point", "pairs", "weights_mean")
+        for key in keys:
             if key in m:
                 section[key] = m[key]
         section["aggregator"] = m.get("train", {})
@@ -357,12 +373,17 @@ def render_markdown(section: dict[str, Any], plots: dict[str, str]) -> str:
             f"{_empty_history(pairs)}. PairAUC = share of held-out pairs the "
             "scorer orders correctly (ties ½; 0.5 = chance; the paper's Qwen3-4B judge: 0.81).",
             "",
-            "| scorer | PairAUC |",
-            "|---|---|",
+            "| scorer | PairAUC | s.e. |",
+            "|---|---|---|",
         ]
         order = [*section.get("aspects", []), "uniform", "learned"]
         order += [k for k in auc if k not in order]
-        out += [f"| {name} | {_fmt(auc.get(name))} |" for name in order if name in auc]
+        se = section.get("pair_auc_se") or {}
+        out += [
+            f"| {name} | {_fmt(auc.get(name))} | {_fmt(se.get(name))} |"
+            for name in order
+            if name in auc
+        ]
         out.append("")
     point = section.get("point")
     if point:
