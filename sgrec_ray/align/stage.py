@@ -283,6 +283,7 @@ def run(ctx: RunContext) -> StageResult:
             "mae": point["mae"],
             "per_aspect": point["per_aspect"],
             "pair_auc_detail": weights.evaluation["pair_auc"],
+            "pair_auc_se": weights.evaluation["pair_auc_se"]["learned"],
             "heldout_pairs": weights.counts["heldout"],
             "labels_scored": int(ok.sum()),
             "labels_failed": int((~ok).sum()),

@@ -5,7 +5,7 @@ duplicates): ``target`` (the held-out next item), ``beam`` (the SFT generator's 
 A2PO will sample), ``hard`` (nearest to the target by item embedding, or by shared SID prefix when
 the run has no embeddings), ``random`` (uniform, seeded per user). Negatives are never the target
 or an item the user has already seen. The judge stage may add ``pair`` rows: the items of the same
-users' Stage B pairs, judged in the context before those pairs (``pairs.pair_contexts``).
+users' Stage B pairs, each judged in its pair's own context (``pairs.pair_histories``).
 """
 
 from __future__ import annotations

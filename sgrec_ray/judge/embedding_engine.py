@@ -37,7 +37,14 @@ import pyarrow as pa
 from sgrec_ray import storage
 from sgrec_ray.config import JudgeSection
 from sgrec_ray.judge.engines import EMBEDDING_MODEL_ID
-from sgrec_ray.judge.rows import JudgeRequest, JudgeResult, requests_from_batch, score_columns
+from sgrec_ray.judge.rows import (
+    JudgeRequest,
+    JudgeResult,
+    prompt_spec,
+    request_contexts,
+    requests_from_batch,
+    score_columns,
+)
 
 VERSION = 1  # bump when the scoring below changes: old rows are then re-scored, never mixed in
 ASPECTS = ("profile", "future", "novelty")  # the aspects this engine can score
@@ -181,7 +188,13 @@ class EmbeddingJudge:
     ) -> dict[str, Any]:
         """Column dict in ``scores_schema`` order (origin/split left null for the caller)."""
         return score_columns(
-            requests, results, self.cfg.aspects, self.prompt_hash, self.model, None
+            requests,
+            results,
+            self.cfg.aspects,
+            self.prompt_hash,
+            self.model,
+            None,
+            request_contexts(requests, prompt_spec(self.cfg)),
         )
 
     def score_table(self, chunk: pa.Table) -> pa.Table:

@@ -12,6 +12,15 @@ Pairs are capped per user (a seeded sample, so reruns give the same pairs) and s
 pair happens when its later event happens, and the latest ``heldout_fraction`` of pairs are held
 out. Splitting by time (not at random) is what makes held-out PairAUC a forecast, not a recall.
 
+Each pair carries its own judge context (:func:`pair_histories`): the user's last events strictly
+before the pair's *earlier* event, without either item of the pair, capped to the window the
+judge's prompt shows. So the judge sees neither pair item as "already watched" (which would leak
+the answer into Profile and Novelty) nor anything the user did once the pair began, and a held-out
+pair is judged from the history its user had then, not from the (often empty) history before the
+global held-out cutoff. A pair whose user had no earlier event gets an empty history; it is kept
+and counted (the LLM judge then reads demographics only; the embedding judge fails it
+``no_history``).
+
 Everything here is deterministic in (data, config), so the judge stage (which must score both items
 of a pair, see :func:`pairs_to_judge`) and the aggregate stage build the very same pairs.
 """
@@ -31,6 +40,7 @@ import pyarrow.compute as pc
 from sgrec_ray import storage
 from sgrec_ray.config import AggregateSection
 from sgrec_ray.data.schema import INTERACTIONS_FILE, ITEMS_FILE
+from sgrec_ray.judge.rows import JudgeRequest, prompt_spec, request_contexts
 from sgrec_ray.runs import RunContext
 
 PAIRS = pa.schema(
@@ -39,7 +49,11 @@ PAIRS = pa.schema(
         ("preferred", pa.int32()),  # item_idx of the preferred item
         ("other", pa.int32()),  # item_idx of the other item
         ("timestamp", pa.int64()),  # when the pair happened: max of both events (null if unknown)
+        # The earlier of both events (a file's pair: its timestamp): the history ends before it.
+        ("first_timestamp", pa.int64()),
         ("split", pa.string()),  # train | heldout
+        ("history", pa.list_(pa.int32())),  # the judge context: item_idx, oldest first
+        ("context", pa.string()),  # its rows.context_hash: the key of its judge score rows
     ]
 )
 FILE_COLUMNS = ["user_id", "preferred_item_id", "other_item_id"]  # + optional "timestamp"
@@ -54,13 +68,19 @@ class PairSet:
     """The pairs of a run, split, plus how many candidate rows were rejected and why."""
 
     table: pa.Table  # PAIRS
-    # Events before this time are "the past" for user features; None = no time information.
+    # Events before this time are "the past" for Stage B's user features; None = no time.
     cutoff: int | None
     rejects: dict[str, int] = field(default_factory=dict)
     source: str = "ratings"
 
     def counts(self) -> dict[str, int]:
         split = self.table.column("split").to_pylist()
+        return {"train": split.count("train"), "heldout": split.count("heldout")}
+
+    def empty_history(self) -> dict[str, int]:
+        """Pairs per split whose user had no event before the pair (judged with no history)."""
+        empty = pc.equal(pc.list_value_length(self.table.column("history")), 0)
+        split = self.table.filter(empty).column("split").to_pylist()
         return {"train": split.count("train"), "heldout": split.count("heldout")}
 
 
@@ -79,7 +99,8 @@ def rating_pairs(
     """All (liked, disliked) pairs per user, capped by a seeded per-user sample; no split column.
 
     ``interactions``: user_id, item_idx, timestamp, rating (rows with null rating are ignored).
-    Returns columns user_id, preferred, other, timestamp, sorted by (user_id, preferred, other).
+    Returns columns user_id, preferred, other, timestamp (the later event), first_timestamp (the
+    earlier), per user in the seeded sample's order.
     """
     if positive_min_rating <= negative_max_rating:
         raise ValueError(
@@ -90,7 +111,13 @@ def rating_pairs(
     df = df[df["rating"].notna()]
     # Sorting first makes the sample independent of the order rows arrive in.
     df = df.sort_values(["user_id", "timestamp", "item_idx"], kind="stable")
-    out: dict[str, list] = {"user_id": [], "preferred": [], "other": [], "timestamp": []}
+    out: dict[str, list] = {
+        "user_id": [],
+        "preferred": [],
+        "other": [],
+        "timestamp": [],
+        "first_timestamp": [],
+    }
     for user_id, events in df.groupby("user_id", sort=True):
         pos = events[events["rating"] >= positive_min_rating]
         neg = events[events["rating"] <= negative_max_rating]
@@ -104,14 +131,20 @@ def rating_pairs(
         out["user_id"] += [str(user_id)] * k
         out["preferred"] += pos["item_idx"].to_numpy()[i].tolist()
         out["other"] += neg["item_idx"].to_numpy()[j].tolist()
-        ts = np.maximum(pos["timestamp"].to_numpy()[i], neg["timestamp"].to_numpy()[j])
-        out["timestamp"] += ts.tolist()
+        t_pos, t_neg = pos["timestamp"].to_numpy()[i], neg["timestamp"].to_numpy()[j]
+        out["timestamp"] += np.maximum(t_pos, t_neg).tolist()
+        out["first_timestamp"] += np.minimum(t_pos, t_neg).tolist()
+    return _raw_pairs(out)
+
+
+def _raw_pairs(out: dict[str, list]) -> pa.Table:
     return pa.table(
         {
             "user_id": pa.array(out["user_id"], pa.string()),
             "preferred": pa.array(out["preferred"], pa.int32()),
             "other": pa.array(out["other"], pa.int32()),
             "timestamp": pa.array(out["timestamp"], pa.int64()),
+            "first_timestamp": pa.array(out["first_timestamp"], pa.int64()),
         }
     )
 
@@ -147,18 +180,18 @@ def split_column(held: np.ndarray) -> pa.Array:
 
 
 def time_split(pairs: pa.Table, heldout_fraction: float) -> tuple[pa.Table, int | None]:
-    """Add ``split`` to pairs by :func:`split_by_time`. Returns (PAIRS table, cutoff)."""
+    """Add ``split`` to pairs by :func:`split_by_time`. Returns (pairs + split, cutoff)."""
     held, cutoff = split_by_time(
         pairs.column("timestamp"), heldout_fraction, "pair", "aggregate.heldout_fraction"
     )
-    table = pairs.select(["user_id", "preferred", "other", "timestamp"])
-    return table.append_column("split", split_column(held)).cast(PAIRS), cutoff
+    return pairs.append_column("split", split_column(held)), cutoff
 
 
 def read_pairs_file(
     uri: str, item_ids: dict[str, int], known_users: set[str]
 ) -> tuple[pa.Table, dict[str, int]]:
-    """A user-provided pairwise file → (user_id, preferred, other, timestamp) + reject counts.
+    """A user-provided pairwise file → (user_id, preferred, other, timestamp, first_timestamp) +
+    reject counts; a file pair is one moment, so both times are its ``timestamp``.
 
     Missing required columns raise at once (naming them); rows with an unknown user or item, or
     the same item on both sides, are counted by reason.
@@ -175,7 +208,7 @@ def read_pairs_file(
     )
     has_time = "timestamp" in table.column_names
     rejects = {"unknown_user": 0, "unknown_item": 0, "same_item": 0, "bad_timestamp": 0}
-    out: dict[str, list] = {"user_id": [], "preferred": [], "other": [], "timestamp": []}
+    out: dict[str, list] = {k: [] for k in ("user_id", "preferred", "other", "timestamp")}
     cols = [table.column(c).to_pylist() for c in FILE_COLUMNS]
     times = table.column("timestamp").to_pylist() if has_time else [None] * table.num_rows
     for raw_user, raw_pref, raw_other, raw_t in zip(*cols, times, strict=True):
@@ -193,15 +226,8 @@ def read_pairs_file(
             out["preferred"].append(item_ids[pref])
             out["other"].append(item_ids[other])
             out["timestamp"].append(int(float(raw_t)) if has_time else None)
-    pairs = pa.table(
-        {
-            "user_id": pa.array(out["user_id"], pa.string()),
-            "preferred": pa.array(out["preferred"], pa.int32()),
-            "other": pa.array(out["other"], pa.int32()),
-            "timestamp": pa.array(out["timestamp"], pa.int64()),
-        }
-    )
-    return pairs, {k: v for k, v in rejects.items() if v}
+    out["first_timestamp"] = out["timestamp"]
+    return _raw_pairs(out), {k: v for k, v in rejects.items() if v}
 
 
 def _is_number(value: object) -> bool:
@@ -260,32 +286,51 @@ def build_pairs(ctx: RunContext) -> PairSet:
         )
         rejects, source = {}, "ratings"
     table, cutoff = time_split(raw, cfg.heldout_fraction)
-    return PairSet(table=table, cutoff=cutoff, rejects=rejects, source=source)
+    spec = prompt_spec(ctx.cfg.judge)
+    histories = pair_histories(interactions, table, spec.long_history + spec.recent_history)
+    users = table.column("user_id").to_pylist()
+    # A pair row of the judge has no request time (candidates.parquet: null timestamp).
+    requests = [JudgeRequest(u, h, -1) for u, h in zip(users, histories, strict=True)]
+    table = table.append_column("history", pa.array(histories, pa.list_(pa.int32())))
+    table = table.append_column("context", pa.array(request_contexts(requests, spec), pa.string()))
+    return PairSet(table=table.cast(PAIRS), cutoff=cutoff, rejects=rejects, source=source)
 
 
-def pair_contexts(ctx: RunContext, pairset: PairSet | None = None) -> dict[str, list[int]]:
-    """The history to judge each user's pair items with: one context per user.
+def pair_histories(interactions: pa.Table, pairs: pa.Table, window: int) -> list[list[int]]:
+    """The judge context of each pair: the user's last ``window`` items (oldest first) among the
+    events strictly before the pair's ``first_timestamp``, leaving out both items of the pair.
 
-    The user's last ``data.max_history`` events before the held-out cutoff, with every item of the
-    user's pairs removed — so the judge never sees a pair item as "already watched" (which would
-    leak the answer into Profile and Novelty), and all of a user's pair items still share one
-    prompt prefix.
+    Before the *earlier* event, not the pair's time: what the user did between rating the two
+    items (a sequel of the first, say) would tell the judge about the pair. Strictly before, so a
+    same-second event (common in rating logs) never counts as the past. Without a time (a
+    pairs file with no timestamps) every event of the user counts, pair items still left out.
+    ``interactions``: user_id, item_idx, timestamp; ties keep file order (as the data stage does).
     """
-    from sgrec_ray.judge.user_features import histories_before
-
-    pairset = pairset or build_pairs(ctx)
-    interactions = storage.read_table(ctx.path("data", INTERACTIONS_FILE))
-    full = histories_before(interactions, pairset.cutoff, max_history=10**9)
-    table = pairset.table
-    user = table.column("user_id").to_pylist()
-    in_pairs: dict[str, set[int]] = {}
-    for side in ("preferred", "other"):
-        for u, i in zip(user, table.column(side).to_pylist(), strict=True):
-            in_pairs.setdefault(u, set()).add(i)
-    keep = ctx.cfg.data.max_history
-    return {
-        u: [i for i in full.get(u, []) if i not in items][-keep:] for u, items in in_pairs.items()
+    df = interactions.select(["user_id", "item_idx", "timestamp"]).to_pandas()
+    df = df.sort_values(["user_id", "timestamp"], kind="stable")
+    events: dict[str, tuple[np.ndarray, np.ndarray]] = {
+        str(u): (g["timestamp"].to_numpy(), g["item_idx"].to_numpy())
+        for u, g in df.groupby("user_id", sort=False)
     }
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    out: list[list[int]] = []
+    for user, pref, other, first in zip(
+        *(
+            pairs.column(c).to_pylist()
+            for c in ("user_id", "preferred", "other", "first_timestamp")
+        ),
+        strict=True,
+    ):
+        times, items = events.get(str(user), empty)
+        end = len(items) if first is None else int(np.searchsorted(times, first, side="left"))
+        history: list[int] = []
+        for item in items[:end][::-1]:  # newest first until the window is full
+            if len(history) == window:
+                break
+            if item != pref and item != other:
+                history.append(int(item))
+        out.append(history[::-1])
+    return out
 
 
 def pairs_to_judge(
@@ -293,27 +338,31 @@ def pairs_to_judge(
 ) -> pa.Table:
     """Rows the judge stage must score so that pairs can train Stage B.
 
-    Returns (user_id, item_idx, history): every item of every pair of ``users`` (None = all pair
-    users), distinct, sorted, with the context to judge it in (:func:`pair_contexts`). The judge
-    stage should add them as candidates with origin ``"pair"``. ``pairset``: the run's pairs when
-    the caller has built them already.
+    Returns (user_id, item_idx, history): both items of every pair of ``users`` (None = all pair
+    users) in that pair's context (:func:`pair_histories`), one row per distinct (user, context,
+    item), sorted so a user's rows sharing a context are adjacent. The judge stage adds them as
+    candidates with origin ``"pair"``. ``pairset``: the run's pairs when the caller has built them.
     """
     pairset = pairset or build_pairs(ctx)
     table = pairset.table
     if users is not None:
         wanted = pa.array(sorted(set(users)), pa.string())
         table = table.filter(pc.is_in(table.column("user_id"), value_set=wanted))
-    user = table.column("user_id").to_pylist()
-    rows = sorted(
-        set(zip(user, table.column("preferred").to_pylist(), strict=True))
-        | set(zip(user, table.column("other").to_pylist(), strict=True))
-    )
-    contexts = pair_contexts(ctx, pairset)
+    rows: dict[tuple[str, str, int], list[int]] = {}
+    for user, context, history, pref, other in zip(
+        *(table.column(c).to_pylist() for c in ("user_id", "context", "history")),
+        table.column("preferred").to_pylist(),
+        table.column("other").to_pylist(),
+        strict=True,
+    ):
+        rows[(user, context, pref)] = history
+        rows[(user, context, other)] = history
+    keys = sorted(rows)
     return pa.table(
         {
-            "user_id": pa.array([u for u, _ in rows], pa.string()),
-            "item_idx": pa.array([i for _, i in rows], pa.int32()),
-            "history": pa.array([contexts[u] for u, _ in rows], pa.list_(pa.int32())),
+            "user_id": pa.array([u for u, _, _ in keys], pa.string()),
+            "item_idx": pa.array([i for _, _, i in keys], pa.int32()),
+            "history": pa.array([rows[k] for k in keys], pa.list_(pa.int32())),
         }
     )
 
@@ -321,47 +370,52 @@ def pairs_to_judge(
 def attach_scores(
     pairs: pa.Table, scores: pa.Table, aspects: list[str]
 ) -> tuple[pa.Table, np.ndarray, np.ndarray, dict[str, int]]:
-    """Join both sides of each pair with their aspect scores for that user.
+    """Join both sides of each pair with their aspect scores in that pair's context.
 
     Returns (pairs + a ``scores`` column, aspects of preferred [K, A], of other [K, A], skipped
     counts), where the arrays hold the K pairs with ``scores == "ok"`` in table order. A pair is
-    usable only when both items have an ``ok`` score row for the user; the others are marked
-    ``user_not_judged`` (the judge stage did not cover the user: judge.max_users / split),
-    ``not_judged`` (an item has no row) or ``judge_failed`` (only failed/NaN rows) and counted.
-    Several ok rows for one (user, item) (e.g. from a user-provided scores table) are averaged.
+    usable only when both items have an ``ok`` score row for (user, the pair's ``context``); the
+    others are marked ``user_not_judged`` (the judge stage did not cover the user:
+    judge.max_users / split), ``not_judged`` (an item has no row in that context),
+    ``no_history`` (only failed rows, and the pair has an empty history: the embedding judge has
+    nothing to compare with) or ``judge_failed`` (only failed/NaN rows) and counted. Several ok
+    rows for one key (e.g. from a user-provided scores table) are averaged.
     """
     ok = scores.filter(pc.equal(scores.column("status"), "ok"))
-    ok_df = ok.select(["user_id", "item_idx", *aspects]).to_pandas()
+    ok_df = ok.select(["user_id", "context", "item_idx", *aspects]).to_pandas()
     # A NaN/inf aspect on an "ok" row is not usable either (it would poison the loss).
     ok_df[aspects] = ok_df[aspects].replace([np.inf, -np.inf], np.nan)
     ok_df = ok_df.dropna(subset=aspects)
-    table = ok_df.groupby(["user_id", "item_idx"], sort=False)[aspects].mean()
+    table = ok_df.groupby(["user_id", "context", "item_idx"], sort=False)[aspects].mean()
     lookup = dict(zip(table.index, table.to_numpy(np.float32), strict=True))
     judged = set(
         zip(
-            scores.column("user_id").to_pylist(), scores.column("item_idx").to_pylist(), strict=True
+            *(scores.column(c).to_pylist() for c in ("user_id", "context", "item_idx")), strict=True
         )
     )
-    judged_users = {u for u, _ in judged}
-    users = pairs.column("user_id").to_pylist()
-    prefs = pairs.column("preferred").to_pylist()
-    others = pairs.column("other").to_pylist()
+    judged_users = {u for u, _, _ in judged}
     status: list[str] = []
     a_pref, a_other = [], []
-    for u, i, j in zip(users, prefs, others, strict=True):
-        si, sj = lookup.get((u, i)), lookup.get((u, j))
+    for u, c, h, i, j in zip(
+        *(pairs.column(k).to_pylist() for k in ("user_id", "context", "history")),
+        pairs.column("preferred").to_pylist(),
+        pairs.column("other").to_pylist(),
+        strict=True,
+    ):
+        si, sj = lookup.get((u, c, i)), lookup.get((u, c, j))
         if si is not None and sj is not None:
             status.append("ok")
             a_pref.append(si)
             a_other.append(sj)
-        elif (u, i) in judged and (u, j) in judged:
-            status.append("judge_failed")
+        elif (u, c, i) in judged and (u, c, j) in judged:
+            status.append("judge_failed" if h else "no_history")
         elif u not in judged_users:
             status.append("user_not_judged")
         else:
             status.append("not_judged")
     n_a = len(aspects)
-    skipped = {k: status.count(k) for k in ("user_not_judged", "not_judged", "judge_failed")}
+    reasons = ("user_not_judged", "not_judged", "no_history", "judge_failed")
+    skipped = {k: status.count(k) for k in reasons}
     return (
         pairs.append_column("scores", pa.array(status, pa.string())),
         np.asarray(a_pref, np.float32).reshape(-1, n_a),

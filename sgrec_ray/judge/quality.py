@@ -46,7 +46,22 @@ def pair_auc(s_pref: np.ndarray, s_other: np.ndarray) -> float:
         raise ValueError(f"pair_auc: shapes differ {a.shape} vs {b.shape}")
     if a.size == 0:
         return float("nan")
-    return float(np.mean((a > b) + 0.5 * (a == b)))
+    return float(np.mean(_pair_credit(a, b)))
+
+
+def pair_auc_se(s_pref: np.ndarray, s_other: np.ndarray) -> float:
+    """Standard error of :func:`pair_auc` over pairs (std / sqrt(n), ddof 1); NaN under 2 pairs.
+
+    Pairs of one user are not independent, so read it as a lower bound on the noise."""
+    a = np.asarray(s_pref, np.float64)
+    b = np.asarray(s_other, np.float64)
+    if a.size < 2:
+        return float("nan")
+    return float(_pair_credit(a, b).std(ddof=1) / np.sqrt(a.size))
+
+
+def _pair_credit(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a > b) + 0.5 * (a == b)
 
 
 def point_accuracy(
@@ -94,15 +109,15 @@ def evaluate_pairs(
     features [P, F] (the user of each pair), a_pref / a_other [P, A]. Values are None without pairs.
     """
     aspects = aggregator.aspects
-    auc: dict[str, float | None] = {
-        a: _nan_to_none(pair_auc(a_pref[:, k], a_other[:, k])) for k, a in enumerate(aspects)
-    }
-    auc["uniform"] = _nan_to_none(pair_auc(a_pref.mean(1), a_other.mean(1)))
     weights = aggregator.weights(features) if len(features) else np.zeros((0, len(aspects)))
-    auc["learned"] = _nan_to_none(pair_auc((weights * a_pref).sum(1), (weights * a_other).sum(1)))
+    sides = {a: (a_pref[:, k], a_other[:, k]) for k, a in enumerate(aspects)}
+    sides["uniform"] = (a_pref.mean(1), a_other.mean(1))
+    sides["learned"] = ((weights * a_pref).sum(1), (weights * a_other).sum(1))
+    auc = {name: _nan_to_none(pair_auc(*s)) for name, s in sides.items()}
     mean_w = weights.mean(0) if len(weights) else np.full(len(aspects), np.nan)
     return {
         "pair_auc": auc,
+        "pair_auc_se": {name: _nan_to_none(pair_auc_se(*s)) for name, s in sides.items()},
         "weights_mean": {a: _nan_to_none(float(w)) for a, w in zip(aspects, mean_w, strict=True)},
         "n": len(a_pref),
     }
@@ -156,9 +171,17 @@ def point_accuracy_for_run(
 
 
 def _side(
-    scores_df: Any, titles: dict[int, str], user: str, item: int, aspects: list[str], w: np.ndarray
+    scores_df: Any,
+    titles: dict[int, str],
+    pair: dict[str, Any],
+    side: str,
+    aspects: list[str],
+    w: np.ndarray,
 ) -> dict[str, Any]:
-    row = scores_df[(scores_df["user_id"] == user) & (scores_df["item_idx"] == item)].iloc[0]
+    """One item of a pair as judged in that pair's context."""
+    item = pair[side]
+    mine = (scores_df["user_id"] == pair["user_id"]) & (scores_df["context"] == pair["context"])
+    row = scores_df[mine & (scores_df["item_idx"] == item)].iloc[0]
     values = {a: round(float(row[a]), 3) for a in aspects}
     out: dict[str, Any] = {
         "item_idx": int(item),
@@ -217,8 +240,9 @@ def example_rows(
             {
                 "user_id": row["user_id"],
                 "weights": {a: round(float(x), 3) for a, x in zip(aspects, w, strict=True)},
-                "preferred": _side(ok, titles, row["user_id"], row["preferred"], aspects, w),
-                "other": _side(ok, titles, row["user_id"], row["other"], aspects, w),
+                "history_items": len(row["history"]),
+                "preferred": _side(ok, titles, row, "preferred", aspects, w),
+                "other": _side(ok, titles, row, "other", aspects, w),
             }
         )
     return out
@@ -264,7 +288,8 @@ def report_section(ctx: RunContext) -> dict[str, Any] | None:
         section["stage_a"] = judge.get("metrics", {})  # Stage A's own figures (throughput, …)
     if agg is not None:
         m = agg.get("metrics", {})
-        for key in ("aspects", "pair_auc", "point_acc", "point", "pairs", "weights_mean"):
+        keys = ("aspects", "pair_auc", "pair_auc_se", "point_acc", "point", "pairs", "weights_mean")
+        for key in keys:
             if key in m:
                 section[key] = m[key]
         section["aggregator"] = m.get("train", {})
@@ -301,6 +326,18 @@ def write_plots(ctx: RunContext) -> dict[str, str]:
     return {"Judge aspect score distributions": PLOT_FILE}
 
 
+def _empty_history(pairs: dict[str, Any]) -> str:
+    """' (n of N training and m of M held-out pairs had no earlier event …)', or '' (older runs)."""
+    empty = pairs.get("empty_history")
+    if not empty:
+        return ""
+    before = pairs.get("before_scores", {})
+    return (
+        f" ({empty.get('train')} of {before.get('train')} training and {empty.get('heldout')} of "
+        f"{before.get('heldout')} held-out pairs had no earlier event: an empty history)"
+    )
+
+
 def _fmt(x: Any) -> str:
     return "–" if x is None else f"{x:.4f}" if isinstance(x, float) else str(x)
 
@@ -331,15 +368,22 @@ def render_markdown(section: dict[str, Any], plots: dict[str, str]) -> str:
             f"Held-out pairwise feedback ({pairs.get('source', '?')}): {pairs.get('train')} "
             f"training pairs, {pairs.get('heldout')} held-out pairs (latest by time), "
             f"{pairs.get('skipped')} skipped for lack of ok judge scores "
-            f"({pairs.get('skipped_by_reason', {})}). PairAUC = share of held-out pairs the "
+            f"({pairs.get('skipped_by_reason', {})}). Each pair is judged in its own context: "
+            "the user's history before the pair's earlier event, without the pair's items"
+            f"{_empty_history(pairs)}. PairAUC = share of held-out pairs the "
             "scorer orders correctly (ties ½; 0.5 = chance; the paper's Qwen3-4B judge: 0.81).",
             "",
-            "| scorer | PairAUC |",
-            "|---|---|",
+            "| scorer | PairAUC | s.e. |",
+            "|---|---|---|",
         ]
         order = [*section.get("aspects", []), "uniform", "learned"]
         order += [k for k in auc if k not in order]
-        out += [f"| {name} | {_fmt(auc.get(name))} |" for name in order if name in auc]
+        se = section.get("pair_auc_se") or {}
+        out += [
+            f"| {name} | {_fmt(auc.get(name))} | {_fmt(se.get(name))} |"
+            for name in order
+            if name in auc
+        ]
         out.append("")
     point = section.get("point")
     if point:
@@ -359,7 +403,8 @@ def render_markdown(section: dict[str, Any], plots: dict[str, str]) -> str:
             "",
         ]
     for ex in section.get("examples", []):
-        out.append(f"- user {ex['user_id']}, w(x) {ex['weights']}:")
+        shown = f", {ex['history_items']} history items" if "history_items" in ex else ""
+        out.append(f"- user {ex['user_id']}{shown}, w(x) {ex['weights']}:")
         for side in ("preferred", "other"):
             item = ex[side]
             line = f"  - {side}: *{item.get('title')}* {item['aspects']} → {item['holistic']}"

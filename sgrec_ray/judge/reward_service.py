@@ -20,12 +20,11 @@ Design choices worth knowing:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -35,17 +34,9 @@ import ray
 
 from sgrec_ray.config import Config
 from sgrec_ray.judge.aggregate import Aggregator
+from sgrec_ray.judge.rows import context_hash
 
 CacheKey = tuple[str, int, str]  # (user context hash, item_idx, prompt hash)
-
-
-def context_hash(
-    user_id: str, history: Sequence[int], window: int, timestamp: int | None = None
-) -> str:
-    """Hash of what the judge's prompt shows about the user (the last ``window`` items)."""
-    shown = [int(i) for i in list(history)[-window:]] if window > 0 else []
-    blob = f"{user_id}|{shown}|{timestamp}".encode()
-    return hashlib.sha1(blob).hexdigest()[:16]
 
 
 class RewardCore:
@@ -105,16 +96,13 @@ class RewardCore:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
-    def warm_start(
-        self,
-        scores: pa.Table,
-        contexts: Mapping[tuple[str, int], Sequence[int]] | Mapping[str, Sequence[int]],
-    ) -> int:
+    def warm_start(self, scores: pa.Table) -> int:
         """Load ok rows of the judge stage's scores (current prompt hash only) into the cache.
 
-        ``contexts``: the history each row was judged with, keyed by (user_id, item_idx) (the judge
-        stage's candidates table) or by user_id (one context per user). Rows without a context
-        are skipped. Returns the number of entries loaded.
+        Each row is keyed by its own ``context`` (the hash of the history it was judged with,
+        :func:`~sgrec_ray.judge.rows.request_contexts`), so an item judged in several contexts
+        (a candidate and Stage B pairs at other times) fills several entries, never the wrong
+        one. Rows without a context (older score files) are skipped. Returns entries loaded.
         """
         aspects = self.aggregator.aspects
         ok = scores.filter(
@@ -125,14 +113,12 @@ class RewardCore:
         )
         columns = [ok.column(a).to_numpy(zero_copy_only=False) for a in aspects]
         values: Any = np.stack(columns, axis=1).astype(np.float32) if ok.num_rows else []
-        users, items = ok.column("user_id").to_pylist(), ok.column("item_idx").to_pylist()
-        rows = zip(users, items, values, strict=True)
+        contexts, items = ok.column("context").to_pylist(), ok.column("item_idx").to_pylist()
         loaded = 0
-        for user, item, row in rows:
-            history = contexts.get((user, item), contexts.get(user))  # type: ignore[call-overload]
-            if history is None or not np.isfinite(row).all():
+        for context, item, row in zip(contexts, items, values, strict=True):
+            if context is None or not np.isfinite(row).all():
                 continue
-            self._put((context_hash(user, history, self.window), int(item), self.prompt_hash), row)
+            self._put((context, int(item), self.prompt_hash), row)
             loaded += 1
         self._stats["warm_started"] += loaded
         return loaded
@@ -216,23 +202,6 @@ class RewardCore:
 # Building a core from a finished run
 
 
-def judged_contexts(cfg: Config) -> dict[tuple[str, int], list[int]]:
-    """(user_id, item_idx) → the history the judge stage judged that row with.
-
-    Read from the judge stage's ``candidates.parquet`` (one row per candidate, with its history).
-    """
-    from sgrec_ray import storage
-    from sgrec_ray.runs import RunContext
-
-    uri = RunContext(cfg).path("judge", "candidates.parquet")
-    if not storage.exists(uri):
-        return {}
-    table = storage.read_table(uri, columns=["user_id", "item_idx", "history"])
-    users, items = table.column("user_id").to_pylist(), table.column("item_idx").to_pylist()
-    keys = zip(users, items, strict=True)
-    return dict(zip(keys, table.column("history").to_pylist(), strict=True))
-
-
 def build_core(cfg: Config, *, with_judge: bool = True) -> RewardCore:
     """A core for the run ``cfg`` names: its aggregator, its judge (loaded here), warm cache."""
     from sgrec_ray import storage
@@ -265,7 +234,7 @@ def build_core(cfg: Config, *, with_judge: bool = True) -> RewardCore:
         cache_size=cfg.aggregate.service_cache_size,
     )
     if cfg.aggregate.service_warm_start and storage.exists(ctx.path("judge", "scores")):
-        core.warm_start(load_scores(ctx), judged_contexts(cfg))
+        core.warm_start(load_scores(ctx))
     return core
 
 

@@ -9,6 +9,7 @@ circle: ``rows`` ← ``engines`` ← ``scoring`` / ``vllm_engine`` ← ``checks`
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -39,6 +40,31 @@ class JudgeResult(NamedTuple):
     prompt_tokens: int
 
 
+def context_hash(
+    user_id: str, history: Sequence[int], window: int, timestamp: int | None = None
+) -> str:
+    """Hash of what the judge's prompt shows about the user (the last ``window`` items).
+
+    The id of a judgement's context: score rows carry it, so one (user, item) judged in two
+    contexts (a candidate row and a Stage B pair, or two pairs at different times) are two rows,
+    and the reward service's cache keys on it.
+    """
+    shown = [int(i) for i in list(history)[-window:]] if window > 0 else []
+    blob = f"{user_id}|{shown}|{timestamp}".encode()
+    return hashlib.sha1(blob).hexdigest()[:16]
+
+
+def request_contexts(requests: Sequence[JudgeRequest], spec: PromptSpec) -> list[str]:
+    """The :func:`context_hash` of each request as the prompt ``spec`` shows it (the time counts
+    only when the Context aspect is on)."""
+    window = spec.long_history + spec.recent_history
+    timed = "context" in spec.aspects
+    return [
+        context_hash(str(r.user_id), r.history, window, r.timestamp if timed else None)
+        for r in requests
+    ]
+
+
 def prompt_spec(cfg: JudgeSection) -> PromptSpec:
     return PromptSpec(
         tuple(cfg.aspects), cfg.scale, cfg.long_history, cfg.recent_history, cfg.max_prompt_tokens
@@ -51,7 +77,8 @@ def scores_schema(aspects: Sequence[str]) -> pa.Schema:
         [
             ("user_id", pa.string()),
             ("item_idx", pa.int32()),
-            ("origin", pa.string()),  # target | beam | hard | random
+            ("context", pa.string()),  # context_hash of the history judged with
+            ("origin", pa.string()),  # target | beam | hard | random | pair
             ("split", pa.string()),
             ("prompt_hash", pa.string()),
             ("status", pa.string()),
@@ -114,12 +141,19 @@ def score_columns(
     prompt_hash: str,
     model: str,
     adapter: str | None,
+    contexts: Sequence[str],
 ) -> dict[str, Any]:
-    """Results as columns of :func:`scores_schema` (origin/split null); engines share it."""
+    """Results as columns of :func:`scores_schema` (origin/split null); engines share it.
+
+    ``contexts``: each request's :func:`request_contexts` id (computed where the history is known).
+    """
     n = len(requests)
+    if len(contexts) != n:
+        raise ValueError(f"score_columns: {len(contexts)} contexts for {n} requests")
     cols: dict[str, Any] = {
         "user_id": [r.user_id for r in requests],
         "item_idx": np.asarray([r.item_idx for r in requests], dtype=np.int32),
+        "context": list(contexts),
         "origin": [None] * n,
         "split": [None] * n,
         "prompt_hash": [prompt_hash] * n,

@@ -21,6 +21,7 @@ from sgrec_ray.judge.rows import (
     JudgePrompts,
     JudgeRequest,
     JudgeResult,
+    request_contexts,
     requests_from_batch,
     score_columns,
 )
@@ -92,7 +93,13 @@ class Judge:
     ) -> dict[str, Any]:
         """Column dict in :func:`scores_schema` order (origin/split left null for the caller)."""
         return score_columns(
-            requests, results, self.spec.aspects, self.prompt_hash, self.model, self.cfg.adapter
+            requests,
+            results,
+            self.spec.aspects,
+            self.prompt_hash,
+            self.model,
+            self.cfg.adapter,
+            request_contexts(requests, self.spec),
         )
 
     # -- internals -------------------------------------------------------------------------------

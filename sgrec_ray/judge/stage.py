@@ -10,7 +10,8 @@ embeddings (no model to load, microseconds per pair: an actor pool would only ad
 Output, ``<run>/judge/``:
   ``candidates.parquet``  the candidate sets (user_id, history, timestamp, item_idx, origin, split)
   ``scores/part-*.parquet``  one file per finished chunk, schema :func:`scores_schema`; the key is
-      (user_id, item_idx, prompt_hash). Read it with :func:`load_scores`.
+      (user_id, item_idx, context, prompt_hash), ``context`` the hash of the history shown
+      (:func:`~sgrec_ray.judge.rows.request_contexts`). Read it with :func:`load_scores`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,13 @@ from sgrec_ray.data import schema
 from sgrec_ray.judge import candidates as cands
 from sgrec_ray.judge.checks import preflight
 from sgrec_ray.judge.engines import ModelRef, model_id
-from sgrec_ray.judge.rows import prompt_spec, scores_schema
+from sgrec_ray.judge.prompts import PromptSpec
+from sgrec_ray.judge.rows import (
+    prompt_spec,
+    request_contexts,
+    requests_from_batch,
+    scores_schema,
+)
 from sgrec_ray.judge.scoring import Judge
 from sgrec_ray.runs import RunContext, StageResult
 
@@ -44,7 +51,8 @@ log = logging.getLogger(__name__)
 STAGE = "judge"
 SCORES_DIR = "scores"
 CANDIDATES_FILE = "candidates.parquet"
-KEY = ("user_id", "item_idx", "prompt_hash")
+KEY = ("user_id", "item_idx", "context", "prompt_hash")
+CandidateKey = tuple[str, int, str]  # (user_id, item_idx, context)
 
 
 def run(ctx: RunContext) -> StageResult:
@@ -108,7 +116,7 @@ def build_candidate_table(ctx: RunContext, cfg: JudgeSection, n_items: int) -> p
                 users += samples.column("user_id").to_pylist()
     table = storage.read_table(uri)
     if cfg.pair_items:
-        table = add_pair_items(table, _pair_rows(ctx, users))
+        table = add_pair_items(table, _pair_rows(ctx, users), prompt_spec(cfg))
         storage.write_table(uri, table)
     return table
 
@@ -124,47 +132,45 @@ def _pair_rows(ctx: RunContext, users: list[str]) -> pa.Table | None:
         return None
 
 
-def add_pair_items(candidates: pa.Table, pairs: pa.Table | None) -> pa.Table:
+def add_pair_items(candidates: pa.Table, pairs: pa.Table | None, spec: PromptSpec) -> pa.Table:
     """Append (user_id, item_idx, history) pair rows as origin ``pair``, grouped with their user.
 
-    A pair item that is already a candidate of its user keeps its candidate row (its key
-    ``(user, item, prompt)`` must stay unique); the aggregate stage reads a user's item scores
+    A pair row whose (user, item, context) is already a candidate keeps the candidate row (the
+    key must stay unique); the same item in another context (each pair is judged in the history
+    before it) is a row of its own. The aggregate stage reads scores by (user, item, context),
     whatever their origin.
     """
     if pairs is None or pairs.num_rows == 0:
         return candidates
-    have = set(
-        zip(
-            candidates.column("user_id").to_pylist(),
-            candidates.column("item_idx").to_pylist(),
-            strict=True,
-        )
-    )
-    keep = [
-        (u, i) not in have
-        for u, i in zip(
-            pairs.column("user_id").to_pylist(), pairs.column("item_idx").to_pylist(), strict=True
-        )
-    ]
-    extra = pairs.filter(pa.array(keep, pa.bool_()))
-    n = extra.num_rows
+    n = pairs.num_rows
     rows = pa.table(
         {
-            "user_id": extra.column("user_id"),
-            "history": extra.column("history"),
+            "user_id": pairs.column("user_id"),
+            "history": pairs.column("history"),
             "timestamp": pa.nulls(n, pa.int64()),
-            "item_idx": extra.column("item_idx"),
+            "item_idx": pairs.column("item_idx"),
             "origin": pa.array(["pair"] * n, pa.string()),
             "split": pa.array(["pairs"] * n, pa.string()),
         },
         schema=cands.CANDIDATES,
     )
-    merged = pa.concat_tables([candidates, rows])
+    have = set(candidate_keys(candidates, spec))
+    keep = [k not in have for k in candidate_keys(rows, spec)]
+    extra = rows.filter(pa.array(keep, pa.bool_()))
+    merged = pa.concat_tables([candidates, extra])
     # Whole users per chunk (user_chunks) needs a user's rows together; the sort is stable, so
     # each user's candidates keep their order (target first) ahead of its pair rows.
     order = {u: k for k, u in enumerate(dict.fromkeys(merged.column("user_id").to_pylist()))}
     rank = np.array([order[u] for u in merged.column("user_id").to_pylist()])
     return merged.take(pa.array(np.argsort(rank, kind="stable")))
+
+
+def candidate_keys(candidates: pa.Table, spec: PromptSpec) -> list[CandidateKey]:
+    """(user_id, item_idx, context) of each candidate row: the judgement it asks for."""
+    columns = ["user_id", "history", "item_idx", "timestamp"]
+    requests = requests_from_batch({c: candidates.column(c).to_pylist() for c in columns})
+    contexts = request_contexts(requests, spec)
+    return [(r.user_id, r.item_idx, c) for r, c in zip(requests, contexts, strict=True)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,13 +203,7 @@ def judge_pending(
         embedder = EmbeddingJudge(cfg, load_vectors(ctx))
     phash = embedder.prompt_hash if embedder is not None else prompt_spec(cfg).prompt_hash
     identity = (phash, model_id(cfg), cfg.adapter)
-    keys = list(
-        zip(
-            candidates.column("user_id").to_pylist(),
-            candidates.column("item_idx").to_pylist(),
-            strict=True,
-        )
-    )
+    keys = candidate_keys(candidates, prompt_spec(cfg))
     done = _existing_keys(out_dir, identity, set(keys), scores_schema(cfg.aspects))
     mask = [k not in done for k in keys]
     pending = candidates.filter(pa.array(mask, pa.bool_()))
@@ -326,8 +326,8 @@ def conform(batch: pa.Table, target: pa.Schema) -> pa.Table:
 def _write_part(out_dir: str, table: pa.Table) -> str:
     """Write one chunk atomically: a temp name pyarrow datasets ignore ('_' prefix), then rename."""
     keys = "\n".join(
-        f"{u}\t{i}\t{h}"
-        for u, i, h in zip(*(table.column(k).to_pylist() for k in KEY), strict=True)
+        "\t".join(map(str, key))
+        for key in zip(*(table.column(k).to_pylist() for k in KEY), strict=True)
     )
     name = f"part-{hashlib.sha1(keys.encode()).hexdigest()[:16]}.parquet"
     buf = io.BytesIO()
@@ -348,9 +348,9 @@ def _part_files(out_dir: str) -> list[str]:
 def _existing_keys(
     out_dir: str,
     identity: tuple[str, str, str | None],
-    wanted: set[tuple[str, int]],
+    wanted: set[CandidateKey],
     target: pa.Schema,
-) -> set[tuple[str, int]]:
+) -> set[CandidateKey]:
     """Keys of rows already judged with this prompt, model and adapter.
 
     Part files holding anything else (an older prompt or model, candidates no longer asked for, or
@@ -358,7 +358,7 @@ def _existing_keys(
     row per current key; unreadable files (a crash mid-write on a store without atomic rename) are
     removed and their pairs judged again.
     """
-    done: set[tuple[str, int]] = set()
+    done: set[CandidateKey] = set()
     for name in _part_files(out_dir):
         uri = storage.join(out_dir, name)
         try:
@@ -370,17 +370,23 @@ def _existing_keys(
             _delete(uri)
             continue
         keep = []
-        for u, i, h, m, a in zip(
-            *(
-                table.column(c).to_pylist()
-                for c in ("user_id", "item_idx", "prompt_hash", "model", "adapter")
-            ),
+        # A file from before scores carried a context has none: all of it is judged again.
+        contexts = (
+            table.column("context").to_pylist()
+            if "context" in table.column_names
+            else [None] * table.num_rows
+        )
+        for u, i, c, h, m, a in zip(
+            table.column("user_id").to_pylist(),
+            table.column("item_idx").to_pylist(),
+            contexts,
+            *(table.column(c).to_pylist() for c in ("prompt_hash", "model", "adapter")),
             strict=True,
         ):
-            ok = (h, m, a) == identity and (u, i) in wanted and (u, i) not in done
+            ok = (h, m, a) == identity and (u, i, c) in wanted and (u, i, c) not in done
             keep.append(ok)
             if ok:
-                done.add((u, i))
+                done.add((u, i, c))
         if all(keep) and table.schema.equals(target):
             continue
         kept = table.filter(pa.array(keep, pa.bool_()))

@@ -38,6 +38,7 @@ from sgrec_ray.judge.rows import (
     JudgeRequest,
     JudgeResult,
     prompt_spec,
+    request_contexts,
     requests_from_batch,
     score_columns,
     scores_schema,
@@ -54,6 +55,7 @@ MAX_LOGPROB_TOKEN_IDS = 128  # vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS (0.29)
 SLOT_COLUMNS = (
     "user_id",
     "item_idx",
+    "context",  # rows.request_contexts: one item may be judged in several contexts
     "origin",
     "split",
     "aspect",
@@ -224,13 +226,16 @@ class SlotRows:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, list[Any]] = {c: [] for c in (*SLOT_COLUMNS, "tokenized_prompt")}
-        for k, r in enumerate(requests_from_batch(batch)):
+        requests = requests_from_batch(batch)
+        contexts = request_contexts(requests, self.prompts.spec)
+        for k, r in enumerate(requests):
             user = self.prompts.encode_user(r)
             cand = self.prompts.builder.encode_candidate(r.item_idx)
             ids = user.ids + cand.ids
             for aspect, slot in enumerate(cand.slots):
                 out["user_id"].append(r.user_id)
                 out["item_idx"].append(r.item_idx)
+                out["context"].append(contexts[k])
                 out["origin"].append(str(batch["origin"][k]))
                 out["split"].append(str(batch["split"][k]))
                 out["aspect"].append(aspect)
@@ -287,6 +292,7 @@ def build_judge_processor(
 
 @dataclass
 class _Pending:
+    context: str
     origin: str
     split: str
     truncated: bool
@@ -296,19 +302,24 @@ class _Pending:
     error: str | None = None
 
 
+# A joined candidate: (request, result, origin, split, context id).
+Done = tuple[JudgeRequest, JudgeResult, str, str, str]
+
+
 class SlotMerger:
     """Collects slot rows (any order, any batching) and returns each candidate once all of its
     aspects arrived: scored like the transformers engine, or ``failed`` with vLLM's error."""
 
     def __init__(self, aspects: tuple[str, ...], n_scores: int) -> None:
         self.aspects, self.n_scores = aspects, n_scores
-        self.pending: dict[tuple[str, int], _Pending] = {}
+        self.pending: dict[tuple[str, int, str], _Pending] = {}
 
-    def add(self, row: dict[str, Any]) -> tuple[JudgeRequest, JudgeResult, str, str] | None:
-        key = (str(row["user_id"]), int(row["item_idx"]))
+    def add(self, row: dict[str, Any]) -> Done | None:
+        key = (str(row["user_id"]), int(row["item_idx"]), str(row["context"]))
         p = self.pending.get(key)
         if p is None:
             p = _Pending(
+                key[2],
                 str(row["origin"]),
                 str(row["split"]),
                 bool(row["truncated"]),
@@ -326,7 +337,7 @@ class SlotMerger:
         if len(p.seen) < len(self.aspects):
             return None
         del self.pending[key]
-        return (JudgeRequest(key[0], [], key[1]), self._result(p), p.origin, p.split)
+        return (JudgeRequest(key[0], [], key[1]), self._result(p), p.origin, p.split, p.context)
 
     def _result(self, p: _Pending) -> JudgeResult:
         if p.error:
@@ -335,22 +346,24 @@ class SlotMerger:
         s = prompts.scores_from_slots(p.logits, self.aspects)
         return JudgeResult(s.status, s.reason, s.scores, None, p.truncated, p.prompt_tokens)
 
-    def leftovers(self) -> Iterator[tuple[JudgeRequest, JudgeResult, str, str]]:
+    def leftovers(self) -> Iterator[Done]:
         """Candidates some of whose aspect rows never came back: failed, never silently lost."""
         for key, p in self.pending.items():
             p.error = p.error or "missing_slot_rows"
-            yield (JudgeRequest(key[0], [], key[1]), self._result(p), p.origin, p.split)
+            yield (JudgeRequest(key[0], [], key[1]), self._result(p), p.origin, p.split, p.context)
         self.pending.clear()
 
 
 def score_table(
-    done: Iterable[tuple[JudgeRequest, JudgeResult, str, str]],
+    done: Iterable[Done],
     aspects: tuple[str, ...],
     identity: tuple[str, str, str | None],
 ) -> pa.Table:
     """Joined candidates → a table in :func:`~sgrec_ray.judge.rows.scores_schema`."""
     done = list(done)
-    cols = score_columns([d[0] for d in done], [d[1] for d in done], aspects, *identity)
+    cols = score_columns(
+        [d[0] for d in done], [d[1] for d in done], aspects, *identity, [d[4] for d in done]
+    )
     cols["origin"] = [d[2] for d in done]
     cols["split"] = [d[3] for d in done]
     return pa.table(cols, schema=scores_schema(aspects))

@@ -68,7 +68,7 @@ def build(ctx: RunContext, seed: int = 0, failed_rows: int = 6) -> dict[str, obj
     )
 
     inter: dict[str, list] = {"user_id": [], "item_idx": [], "timestamp": [], "rating": []}
-    score_rows: dict[str, list] = {c: [] for c in ["user_id", "item_idx", *ASPECTS]}
+    truth: dict[tuple[str, int], np.ndarray] = {}  # the judge's aspects of (user, item)
     for k, (user, gender) in enumerate(zip(users, genders, strict=True)):
         items = rng.choice(N_ITEMS, EVENTS_PER_USER, replace=False)
         aspects = rng.uniform(1, 5, size=(EVENTS_PER_USER, 3)).astype(np.float32)
@@ -80,10 +80,7 @@ def build(ctx: RunContext, seed: int = 0, failed_rows: int = 6) -> dict[str, obj
             inter["item_idx"].append(int(items[e]))
             inter["timestamp"].append(1_000_000 + e * 1000 + k)  # users interleaved in time
             inter["rating"].append(float(ratings[e]))
-            score_rows["user_id"].append(user)
-            score_rows["item_idx"].append(int(items[e]))
-            for a, v in zip(ASPECTS, aspects[e], strict=True):
-                score_rows[a].append(float(v))
+            truth[(user, int(items[e]))] = aspects[e]
     interactions = pa.table(
         {
             "user_id": pa.array(inter["user_id"], pa.string()),
@@ -95,24 +92,57 @@ def build(ctx: RunContext, seed: int = 0, failed_rows: int = 6) -> dict[str, obj
     )
     storage.write_table(ctx.path("data", "interactions.parquet"), interactions)
 
-    n = len(score_rows["user_id"])
+    # Stage A "judged" every event in SAMPLE_HISTORY (the reward service's warm start) and every
+    # pair item in its pair's context (what Stage B joins on); the aspects do not depend on the
+    # context here, they are the ground truth above.
+    from sgrec_ray.judge.pairs import pairs_to_judge
+    from sgrec_ray.judge.rows import JudgeRequest, prompt_spec, request_contexts
+
+    pair_rows = pairs_to_judge(ctx)
+    candidates = pa.table(
+        {
+            "user_id": [*inter["user_id"], *pair_rows.column("user_id").to_pylist()],
+            "history": pa.array(
+                [SAMPLE_HISTORY] * len(inter["user_id"]) + pair_rows.column("history").to_pylist(),
+                pa.list_(pa.int32()),
+            ),
+            "timestamp": pa.nulls(len(inter["user_id"]) + pair_rows.num_rows, pa.int64()),
+            "item_idx": pa.array(
+                [*inter["item_idx"], *pair_rows.column("item_idx").to_pylist()], pa.int32()
+            ),
+            "origin": ["target"] * len(inter["user_id"]) + ["pair"] * pair_rows.num_rows,
+            "split": ["valid"] * len(inter["user_id"]) + ["pairs"] * pair_rows.num_rows,
+        }
+    )
+    requests = [
+        JudgeRequest(u, h, i)
+        for u, h, i in zip(
+            *(candidates.column(c).to_pylist() for c in ("user_id", "history", "item_idx")),
+            strict=True,
+        )
+    ]
+    n = len(requests)
     status = ["ok"] * n
-    # A few rows failed in Stage A: their pairs must be counted as skipped, never used.
-    for r in range(0, failed_rows * 37, 37):
+    # A few pair rows failed in Stage A: their pairs must be counted as skipped, never used.
+    for r in range(len(inter["user_id"]), n, 37)[:failed_rows]:
         status[r] = "failed"
     aspect_cols = {
         a: pa.array(
-            [None if s == "failed" else v for s, v in zip(status, score_rows[a], strict=True)],
+            [
+                None if st == "failed" else float(truth[(r.user_id, r.item_idx)][k])
+                for st, r in zip(status, requests, strict=True)
+            ],
             pa.float32(),
         )
-        for a in ASPECTS
+        for k, a in enumerate(ASPECTS)
     }
     scores = pa.table(
         {
-            "user_id": pa.array(score_rows["user_id"], pa.string()),
-            "item_idx": pa.array(score_rows["item_idx"], pa.int32()),
-            "origin": ["pair"] * n,
-            "split": ["valid"] * n,
+            "user_id": candidates.column("user_id"),
+            "item_idx": candidates.column("item_idx"),
+            "context": request_contexts(requests, prompt_spec(ctx.cfg.judge)),
+            "origin": candidates.column("origin"),
+            "split": candidates.column("split"),
             "prompt_hash": [prompt_hash(ctx)] * n,
             "status": status,
             "reason": [None if s == "ok" else "engine_error: synthetic" for s in status],
@@ -127,20 +157,7 @@ def build(ctx: RunContext, seed: int = 0, failed_rows: int = 6) -> dict[str, obj
     half = n // 2
     storage.write_table(ctx.path("judge", "scores", "part-0.parquet"), scores.slice(0, half))
     storage.write_table(ctx.path("judge", "scores", "part-1.parquet"), scores.slice(half))
-    # Stage A's candidates table: the context each row was judged in (reward-service warm start).
-    storage.write_table(
-        ctx.path("judge", "candidates.parquet"),
-        pa.table(
-            {
-                "user_id": scores.column("user_id"),
-                "history": pa.array([SAMPLE_HISTORY] * n, pa.list_(pa.int32())),
-                "timestamp": pa.nulls(n, pa.int64()),
-                "item_idx": scores.column("item_idx"),
-                "origin": scores.column("origin"),
-                "split": scores.column("split"),
-            }
-        ),
-    )
+    storage.write_table(ctx.path("judge", "candidates.parquet"), candidates)
     for stage in ("data", "sid", "sft", "judge"):
         write_manifest(ctx, stage, f"synthetic-{stage}", {}, StageResult(), 0.0)
     return {"interactions": interactions, "scores": scores, "embeddings": emb}

@@ -159,8 +159,8 @@ def test_judge_stage_scores_every_candidate_on_the_llm_scale(embedding_run):
     assert metrics["users"] == 80 and metrics["pairs"] == scores.num_rows
     ok = scores.filter(pc.equal(scores.column("status"), "ok"))
     assert ok.num_rows == scores.num_rows - metrics["failed"] > scores.num_rows // 2
-    # Only pair items judged in an empty context fail (a user with no event before the held-out
-    # cutoff): the user's own candidates always have the history they were drawn from.
+    # Only pair items judged in an empty context fail (a user with no event before the pair):
+    # the user's own candidates always have the history they were drawn from.
     failed = scores.filter(pc.not_equal(scores.column("status"), "ok"))
     assert set(failed.column("origin").to_pylist()) <= {"pair"}
     assert set(metrics["failed_by_reason"]) <= {"no_history: no known history item to compare with"}

@@ -8,15 +8,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from sgrec_ray import storage
 from sgrec_ray.data.validate import DataError
 from sgrec_ray.judge.pairs import (
     attach_scores,
     build_pairs,
+    pair_histories,
     pairs_to_judge,
     rating_pairs,
     read_pairs_file,
     time_split,
 )
+from sgrec_ray.judge.rows import JudgeRequest, prompt_spec, request_contexts
 from sgrec_ray.runs import RunContext
 from tests.judge import synthetic
 
@@ -147,40 +150,114 @@ def test_build_pairs_from_run_and_from_file(synth_ctx, tmp_path):
     assert from_file.table.num_rows == 1 and from_file.cutoff is None
 
 
-def test_pairs_to_judge_covers_both_sides(synth_ctx):
+def test_pair_histories_by_hand():
+    """Each pair's context: the user's events strictly before the pair's earlier event, without
+    the pair's items, the last ``window`` of them; a same-second event is not the past."""
+    inter = _interactions(
+        [
+            ("a", 6, 5, 3.0),
+            ("a", 5, 8, 3.0),  # watched 5 early (neutral), rated it 1 later
+            ("a", 1, 10, 5.0),
+            ("a", 2, 20, 1.0),
+            ("a", 3, 20, 3.0),  # same second as 2
+            ("a", 4, 30, 5.0),
+            ("a", 5, 40, 1.0),
+            ("b", 7, 1, 5.0),  # b's pair starts with b's first event: no history
+            ("b", 8, 2, 1.0),
+        ]
+    )
+    pairs = rating_pairs(inter, 4.0, 2.0, None)
+    got = {
+        (u, i, j): (t0, h)
+        for u, i, j, t0, h in zip(
+            *(pairs.column(c).to_pylist() for c in ("user_id", "preferred", "other")),
+            pairs.column("first_timestamp").to_pylist(),
+            pair_histories(inter, pairs, window=3),
+            strict=True,
+        )
+    }
+    assert got == {
+        ("a", 1, 2): (10, [6, 5]),
+        ("a", 1, 5): (10, [6]),  # 5@8 is before the pair, but it is the pair's own item
+        ("a", 4, 2): (20, [6, 5, 1]),  # 3@20 is not before 2@20
+        ("a", 4, 5): (30, [1, 2, 3]),  # 6, 1, 2, 3 without 5, the last 3
+        ("b", 7, 8): (1, []),
+    }
+    # A pairs file without time: every event of the user, pair items still left out.
+    no_time = pairs.set_column(4, "first_timestamp", pa.nulls(pairs.num_rows, pa.int64()))
+    assert pair_histories(inter, no_time.slice(0, 1), window=10) == [[6, 5, 3, 4, 5]]
+
+
+def test_build_pairs_contexts_hold_no_pair_item_and_no_later_event(synth_ctx):
+    pairset = build_pairs(synth_ctx)
+    table = pairset.table
+    window = synth_ctx.cfg.judge.long_history + synth_ctx.cfg.judge.recent_history
+    inter = storage.read_table(synth_ctx.path("data", "interactions.parquet")).to_pylist()
+    when = {(r["user_id"], r["item_idx"]): r["timestamp"] for r in inter}  # one event per item
+    held_after_cutoff = 0
+    for row in table.to_pylist():
+        history = row["history"]
+        assert len(history) <= window
+        assert row["preferred"] not in history and row["other"] not in history
+        assert all(when[(row["user_id"], i)] < row["first_timestamp"] for i in history)
+        assert row["first_timestamp"] <= row["timestamp"]
+        if row["split"] == "heldout":
+            held_after_cutoff += any(when[(row["user_id"], i)] >= pairset.cutoff for i in history)
+    # Held-out pairs see the history their user had then, past the global cutoff.
+    assert held_after_cutoff > 0
+    # Empty exactly when the pair's earlier event is the user's first: counted, kept.
+    first_event: dict[str, int] = {}
+    for r in inter:
+        first_event[r["user_id"]] = min(
+            r["timestamp"], first_event.get(r["user_id"], r["timestamp"])
+        )
+    rows = table.to_pylist()
+    empty = [r["split"] for r in rows if r["first_timestamp"] == first_event[r["user_id"]]]
+    assert [r["split"] for r in rows if not r["history"]] == empty
+    assert pairset.empty_history() == {s: empty.count(s) for s in ("train", "heldout")}
+
+
+def test_pairs_to_judge_covers_both_sides_in_each_pairs_context(synth_ctx):
     pairs = build_pairs(synth_ctx).table
     wanted = pairs_to_judge(synth_ctx)
-    cols = [wanted.column(c).to_pylist() for c in ("user_id", "item_idx")]
-    keys = set(zip(*cols, strict=True))
-    sides = [pairs.column(c).to_pylist() for c in ("user_id", "preferred", "other")]
-    for u, i, j in zip(*sides, strict=True):
-        assert (u, i) in keys and (u, j) in keys
-    assert len(keys) == wanted.num_rows  # distinct
+    spec = prompt_spec(synth_ctx.cfg.judge)
+    requests = [
+        JudgeRequest(u, h, i)
+        for u, h, i in zip(
+            *(wanted.column(c).to_pylist() for c in ("user_id", "history", "item_idx")),
+            strict=True,
+        )
+    ]
+    contexts = request_contexts(requests, spec)
+    keys = [(r.user_id, c, r.item_idx) for r, c in zip(requests, contexts, strict=True)]
+    assert len(set(keys)) == len(keys)  # distinct
+    judged = dict(zip(keys, (r.history for r in requests), strict=True))
+    for row in pairs.to_pylist():
+        for side in ("preferred", "other"):
+            assert judged[(row["user_id"], row["context"], row[side])] == row["history"]
+    assert len({c for _, c, _ in keys}) > synthetic.N_USERS  # several contexts per user
     some = pairs_to_judge(synth_ctx, users=["u001"])
     assert set(some.column("user_id").to_pylist()) == {"u001"}
-    # The context: u001's past before the cutoff, none of u001's pair items in it.
-    history = some.column("history")[0].as_py()
-    pair_items = set(some.column("item_idx").to_pylist())
-    assert history and not pair_items & set(history)
-    assert all(h == history for h in some.column("history").to_pylist())
 
 
 def test_attach_scores_counts_what_it_skips():
     pairs = pa.table(
         {
-            "user_id": ["a", "a", "a", "z"],
-            "preferred": pa.array([1, 1, 3, 1], pa.int32()),
-            "other": pa.array([2, 9, 2, 2], pa.int32()),
-            "timestamp": pa.array([1, 2, 3, 4], pa.int64()),
-            "split": ["train", "train", "heldout", "heldout"],
+            "user_id": ["a", "a", "a", "z", "a", "a"],
+            "preferred": pa.array([1, 1, 3, 1, 1, 4], pa.int32()),
+            "other": pa.array([2, 9, 2, 2, 2, 5], pa.int32()),
+            "split": ["train", "train", "heldout", "heldout", "heldout", "heldout"],
+            "history": [[7], [7], [7], [7], [8], []],
+            "context": ["c7", "c7", "c7", "c7", "c8", "c0"],
         }
     )
     scores = pa.table(
         {
-            "user_id": ["a", "a", "a", "a", "a"],
-            "item_idx": pa.array([1, 1, 2, 3, 3], pa.int32()),
-            "status": ["ok", "ok", "ok", "failed", "ok"],
-            "profile": pa.array([4.0, 2.0, 1.0, None, float("inf")], pa.float32()),
+            "user_id": ["a"] * 8,
+            "context": ["c7", "c7", "c7", "c7", "c7", "c8", "c0", "c0"],
+            "item_idx": pa.array([1, 1, 2, 3, 3, 1, 4, 5], pa.int32()),
+            "status": ["ok", "ok", "ok", "failed", "ok", "ok", "failed", "failed"],
+            "profile": pa.array([4.0, 2.0, 1.0, None, float("inf"), 5.0, None, None], pa.float32()),
         }
     )
     table, a_pref, a_other, skipped = attach_scores(pairs, scores, ["profile"])
@@ -189,7 +266,14 @@ def test_attach_scores_counts_what_it_skips():
         "not_judged",
         "judge_failed",
         "user_not_judged",
+        "not_judged",  # item 2 was judged in context c7 only, never in this pair's c8
+        "no_history",  # failed rows, empty history (the embedding judge's no_history)
     ]
-    assert skipped == {"user_not_judged": 1, "not_judged": 1, "judge_failed": 1}
-    assert a_pref.tolist() == [[3.0]]  # two ok rows for (a, 1) are averaged
+    assert skipped == {
+        "user_not_judged": 1,
+        "not_judged": 2,
+        "no_history": 1,
+        "judge_failed": 1,
+    }
+    assert a_pref.tolist() == [[3.0]]  # two ok rows for (a, c7, 1) are averaged, c8's is not
     assert a_other.tolist() == [[1.0]]

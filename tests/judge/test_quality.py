@@ -15,6 +15,7 @@ from sgrec_ray.judge.quality import (
     PLOT_FILE,
     evaluate_pairs,
     pair_auc,
+    pair_auc_se,
     point_accuracy,
     render_markdown,
     report_section,
@@ -57,6 +58,9 @@ def test_pair_auc_values_and_empty():
     assert math.isnan(pair_auc([], []))
     with pytest.raises(ValueError):
         pair_auc([1, 2], [1])
+    # credits 1, ½, 0: std (ddof 1) 0.5 over √3 pairs
+    assert pair_auc_se([3, 2, 1], [1, 2, 3]) == pytest.approx(0.5 / math.sqrt(3))
+    assert math.isnan(pair_auc_se([1], [0]))
 
 
 def test_point_accuracy_definition():
@@ -80,6 +84,7 @@ def test_evaluate_pairs_single_aspects_uniform_learned():
     out = evaluate_pairs(agg, np.ones((2, 1)), a_pref, a_other)
     assert out["pair_auc"] == {"profile": 1.0, "novelty": 0.0, "uniform": 1.0, "learned": 1.0}
     assert out["weights_mean"] == {"profile": 0.5, "novelty": 0.5}
+    assert out["pair_auc_se"]["profile"] == 0.0 and set(out["pair_auc_se"]) == set(out["pair_auc"])
     none = evaluate_pairs(agg, np.zeros((0, 1)), np.zeros((0, 2)), np.zeros((0, 2)))
     assert none["pair_auc"]["learned"] is None
 
@@ -91,9 +96,11 @@ def test_report_section_markdown_and_plot(aggregate_run):
     assert section is not None
     assert set(section["pair_auc"]) == {*synthetic.ASPECTS, "uniform", "learned"}
     assert {"train", "heldout", "skipped"} <= set(section["pairs"])
-    assert section["counts"]["failed"] == 6 and section["counts"]["by_origin"] == {
-        "pair": section["counts"]["rows"]
-    }
+    counts = section["counts"]
+    assert counts["failed"] == 6 and sum(counts["by_origin"].values()) == counts["rows"]
+    assert counts["by_origin"]["target"] == synthetic.N_USERS * synthetic.EVENTS_PER_USER
+    assert section["pairs"]["empty_history"]["train"] > 0  # counted, not dropped
+    assert "had no earlier event" in render_markdown(section, {})
     assert section["point"]["n"] > 0 and section["point_acc"] is not None
     assert section["examples"] and "title" in section["examples"][0]["preferred"]
 
@@ -125,6 +132,7 @@ def test_render_markdown_orders_table_and_shows_evidence():
         "counts": {"rows": 10, "ok": 9, "failed": 1, "by_origin": {"pair": 6, "target": 4}},
         "aspects": ["profile", "novelty"],
         "pair_auc": {"learned": 0.6, "novelty": 0.5, "profile": 0.55, "uniform": None},
+        "pair_auc_se": {"learned": 0.05},
         "pairs": {"train": 5, "heldout": 2, "skipped": 1, "source": "ratings"},
         "examples": [
             {
@@ -148,4 +156,5 @@ def test_render_markdown_orders_table_and_shows_evidence():
         "uniform",
         "learned",
     ]
-    assert "| uniform | – |" in md and "3.2 pairs/s" in md and "“Likes it.”" in md
+    assert "| uniform | – | – |" in md and "| learned | 0.6000 | 0.0500 |" in md
+    assert "3.2 pairs/s" in md and "“Likes it.”" in md

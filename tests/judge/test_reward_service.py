@@ -8,13 +8,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from sgrec_ray.judge.aggregate import load_aggregator
+from sgrec_ray.judge.aggregate import Aggregator, load_aggregator
 from sgrec_ray.judge.reward_service import (
     RewardClient,
     RewardCore,
-    context_hash,
     start_reward_service,
 )
+from sgrec_ray.judge.rows import context_hash
 from sgrec_ray.judge.stage import load_scores
 from tests.judge import run_fixture, synthetic
 
@@ -33,6 +33,25 @@ def test_context_hash_covers_exactly_the_prompt_window():
     assert context_hash("u", [1, 2, 3, 5], window=3) != base
     assert context_hash("v", [1, 2, 3, 4], window=3) != base
     assert context_hash("u", [1, 2, 3, 4], window=3, timestamp=7) != base
+
+
+def test_warm_start_keys_each_row_by_the_context_it_was_judged_in():
+    """One item judged in two contexts (a candidate and a Stage B pair) fills two entries."""
+    core = RewardCore(None, Aggregator.uniform(["profile"]), None, window=3, prompt_hash="h")
+    early, late = [1, 2], [1, 2, 3, 4]
+    scores = pa.table(
+        {
+            "user_id": ["u", "u", "u"],
+            "item_idx": pa.array([7, 7, 8], pa.int32()),
+            "context": [context_hash("u", early, 3), context_hash("u", late, 3), None],
+            "prompt_hash": ["h", "h", "h"],
+            "status": ["ok", "ok", "ok"],
+            "profile": pa.array([2.0, 4.0, 5.0], pa.float32()),
+        }
+    )
+    assert core.warm_start(scores) == 2  # the row without a context is skipped
+    got = core.aspect_scores(["u", "u", "u"], [early, late, [9, 2, 3, 4]], [7, 7, 7])
+    assert [None if v is None else v.tolist() for v in got] == [[2.0], [4.0], [4.0]]
 
 
 def _core(ctx, cache_size: int = 100_000) -> RewardCore:
@@ -61,7 +80,7 @@ def _ok_rows(ctx, user: str, n: int) -> pa.Table:
 def test_core_serves_warm_cache_and_counts(aggregate_run):
     ctx, _ = aggregate_run
     core = _core(ctx)
-    loaded = core.warm_start(load_scores(ctx), HISTORY)
+    loaded = core.warm_start(load_scores(ctx))
     assert loaded > 0 and core.stats()["warm_started"] == loaded
     rows = _ok_rows(ctx, "u000", 3)
     items = rows.column("item_idx").to_pylist()
@@ -87,7 +106,7 @@ def test_core_serves_warm_cache_and_counts(aggregate_run):
 def test_core_lru_evicts_oldest(aggregate_run):
     ctx, _ = aggregate_run
     core = _core(ctx, cache_size=2)
-    core.warm_start(_ok_rows(ctx, "u000", 3), HISTORY)
+    core.warm_start(_ok_rows(ctx, "u000", 3))
     items = _ok_rows(ctx, "u000", 3).column("item_idx").to_pylist()
     assert core.stats()["cache_size"] == 2
     out = core.score(["u000"] * 3, [HISTORY["u000"]] * 3, items)
@@ -105,7 +124,7 @@ def test_actor_pool_routes_by_user_from_warm_cache(aggregate_run):
     items = [_ok_rows(ctx, u, 1).column("item_idx")[0].as_py() for u in users]
     got = client.score(users, [synthetic.SAMPLE_HISTORY] * 6, items)
     core = _core(ctx)
-    core.warm_start(load_scores(ctx), {u: synthetic.SAMPLE_HISTORY for u in users})
+    core.warm_start(load_scores(ctx))
     assert np.allclose(got, core.score(users, [synthetic.SAMPLE_HISTORY] * 6, items))
     stats = client.stats()
     assert stats["actors"] == 2 and stats["cache_hits"] == 6 and stats["cache_misses"] == 0

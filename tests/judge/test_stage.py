@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from sgrec_ray import storage
@@ -155,19 +156,37 @@ def test_stale_rows_are_pruned(tmp_path):
         stage._write_part(out, pa.table(cols, schema=target))
 
     identity = ("h1", "m", None)
-    part([{"user_id": "a", "item_idx": 1, "prompt_hash": "h1", "model": "m", "status": "ok"}])
+    row = {"prompt_hash": "h1", "model": "m", "status": "ok", "context": "c"}
+    part([{**row, "user_id": "a", "item_idx": 1}])
     part(
         [
-            {"user_id": "a", "item_idx": 2, "prompt_hash": "h0", "model": "m", "status": "ok"},
-            {"user_id": "b", "item_idx": 1, "prompt_hash": "h1", "model": "m", "status": "ok"},
+            {**row, "user_id": "a", "item_idx": 2, "prompt_hash": "h0"},
+            {**row, "user_id": "b", "item_idx": 1},
+            {**row, "user_id": "b", "item_idx": 1, "context": "other"},  # another context
         ]
     )
-    part([{"user_id": "z", "item_idx": 9, "prompt_hash": "h1", "model": "m", "status": "ok"}])
+    part([{**row, "user_id": "z", "item_idx": 9}])
     (tmp_path / "scores" / "part-broken.parquet").write_bytes(b"not parquet")
-    done = stage._existing_keys(out, identity, {("a", 1), ("a", 2), ("b", 1)}, target)
-    assert done == {("a", 1), ("b", 1)}
+    wanted = {("a", 1, "c"), ("a", 2, "c"), ("b", 1, "c")}
+    done = stage._existing_keys(out, identity, wanted, target)
+    assert done == {("a", 1, "c"), ("b", 1, "c")}
     left = storage.read_table(out)
-    assert sorted(keys(left)) == [("a", 1, "h1"), ("b", 1, "h1")]
+    assert sorted(keys(left)) == [("a", 1, "c", "h1"), ("b", 1, "c", "h1")]
+
+
+def test_score_files_without_a_context_are_judged_again(tmp_path):
+    """Rows written before scores carried the history's context cannot say what they judged."""
+    target = scores_schema(["profile"])
+    out = str(tmp_path / "scores")
+    old = target.remove(target.get_field_index("context"))
+    row = {"user_id": "a", "item_idx": 1, "prompt_hash": "h1", "model": "m", "status": "ok"}
+    (tmp_path / "scores").mkdir()
+    pq.write_table(
+        pa.table({f.name: [row.get(f.name)] for f in old}, schema=old),
+        tmp_path / "scores" / "part-old.parquet",
+    )
+    assert stage._existing_keys(out, ("h1", "m", None), {("a", 1, "c")}, target) == set()
+    assert stage._part_files(out) == []  # removed: nothing in it can be reused
 
 
 def test_user_chunks_keep_users_whole():
@@ -202,12 +221,17 @@ def test_beam_candidates_come_from_the_sft_model(tmp_path, monkeypatch):
 
 
 def test_pair_items_join_their_users(tmp_path):
-    """Pair items of the judged users become ``pair`` rows after the user's candidates; an item
-    that is already a candidate keeps its candidate row; users outside the sample get none."""
+    """Pair items of the judged users become ``pair`` rows after the user's candidates, each in
+    its pair's own context; a (user, item, context) that is already a candidate keeps its
+    candidate row; users outside the sample get none."""
     ctx = make_run(tmp_path, ["judge.pair_items=true"])
-    # a: liked 9 and 5, disliked 10 → pairs (5,10), (9,10); 5 is also a's target.
+    # a watched 1, 2, 3 (neutral), then liked 9, disliked 10, liked 5 → pairs (9, 10) judged
+    # after [1, 2, 3] (a's candidate context too) and (5, 10) after [1, 2, 3, 9].
     # d: not in the judged sample, so its pairs are not judged here.
     events = [
+        ("a", 1, 1, 3.0),
+        ("a", 2, 2, 3.0),
+        ("a", 3, 3, 3.0),
         ("a", 9, 10, 5.0),
         ("a", 10, 11, 1.0),
         ("a", 5, 12, 4.0),
@@ -228,15 +252,22 @@ def test_pair_items_join_their_users(tmp_path):
         ),
     )
     table = stage.build_candidate_table(ctx, ctx.cfg.judge, N_ITEMS)
-    rows = [(r["user_id"], r["item_idx"], r["origin"]) for r in table.to_pylist()]
-    assert [r for r in rows if r[2] == "pair"] == [("a", 9, "pair"), ("a", 10, "pair")]
-    assert ("a", 5, "target") in rows and ("a", 5, "pair") not in rows
+    rows = [(r["user_id"], r["item_idx"], tuple(r["history"])) for r in table.to_pylist()]
+    assert len(set(rows)) == len(rows)  # one row per judgement
+    wanted = {
+        ("a", 9, (1, 2, 3)),
+        ("a", 10, (1, 2, 3)),
+        ("a", 5, (1, 2, 3, 9)),
+        ("a", 10, (1, 2, 3, 9)),
+    }
+    assert wanted <= set(rows)
+    pair_rows = [r for r in table.to_pylist() if r["origin"] == "pair"]
+    assert {(r["user_id"], r["item_idx"], tuple(r["history"])) for r in pair_rows} <= wanted
+    # a's target 5 is judged twice: as the candidate after [1, 2, 3], as a pair item after 9.
+    assert ("a", 5, (1, 2, 3)) in rows and table.to_pylist()[0]["origin"] == "target"
     users = table.column("user_id").to_pylist()
     assert users == sorted(users, key=["a", "b", "c"].index)  # each user's rows stay together
-    assert rows[0] == ("a", 5, "target")
-    pair_rows = [r for r in table.to_pylist() if r["origin"] == "pair"]
     assert all(r["split"] == "pairs" and r["timestamp"] is None for r in pair_rows)
-    assert all(r["history"] == [] for r in pair_rows)  # nothing of a's before the pair cutoff
 
 
 def test_pair_items_are_skipped_without_feedback(tmp_path):

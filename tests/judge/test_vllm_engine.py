@@ -206,19 +206,28 @@ def test_requests_keep_the_prefix_cache_and_read_exact_score_tokens():
 
 def test_slot_merger_joins_any_order_and_fails_error_rows():
     merger = SlotMerger(("profile", "future"), 3)
-    base = {"user_id": "u", "origin": "target", "split": "valid", "truncated": False}
+    base = {
+        "user_id": "u",
+        "context": "c",
+        "origin": "target",
+        "split": "valid",
+        "truncated": False,
+    }
+    other = {**base, "context": "c2"}  # item 1 again, judged in another context
     rows = [
         {**base, "item_idx": 1, "aspect": 1, "prompt_tokens": 9, "score_logprobs": [0.0, -9, -9]},
+        {**other, "item_idx": 1, "aspect": 1, "prompt_tokens": 9, "score_logprobs": [0.0, -9, -9]},
         {**base, "item_idx": 2, "aspect": 0, "prompt_tokens": 9, "__inference_error__": "OOM"},
         {**base, "item_idx": 1, "aspect": 0, "prompt_tokens": 9, "score_logprobs": [-9, -9, 0.0]},
     ]
     done = [d for d in map(merger.add, rows) if d is not None]
-    assert len(done) == 1 and done[0][1].status == "ok"
+    assert len(done) == 1 and done[0][1].status == "ok" and done[0][4] == "c"
     assert done[0][1].aspects["profile"] == pytest.approx(3.0, abs=1e-3)
     assert done[0][1].aspects["future"] == pytest.approx(1.0, abs=1e-3)
     left = list(merger.leftovers())  # item 2's second aspect never came back
-    assert [(q.item_idx, r.status, r.reason) for q, r, *_ in left] == [
-        (2, "failed", "engine_error: OOM")
+    assert [(q.item_idx, r.status, r.reason, c) for q, r, _, _, c in left] == [
+        (1, "failed", "engine_error: missing_slot_rows", "c2"),
+        (2, "failed", "engine_error: OOM", "c"),
     ]
 
 
