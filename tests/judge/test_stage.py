@@ -100,14 +100,9 @@ def test_interrupted_run_resumes_without_duplicates(resumed):
     scores = stage.load_scores(ctx)
     assert scores.num_rows == table.num_rows == 9
     assert len(set(keys(scores))) == scores.num_rows  # no duplicates
-    phash = prompt_spec(ctx.cfg.judge).prompt_hash
-    expected = {
-        (u, i, phash)
-        for u, i in zip(
-            table.column("user_id").to_pylist(), table.column("item_idx").to_pylist(), strict=True
-        )
-    }
-    assert set(keys(scores)) == expected  # nothing lost
+    spec = prompt_spec(ctx.cfg.judge)
+    expected = {(*key, spec.prompt_hash) for key in stage.candidate_keys(table, spec)}
+    assert set(keys(scores)) == expected  # nothing lost, each row in the context it was asked in
     assert set(keys(after_first)) <= set(keys(scores))  # first chunk kept, not judged again
     m = result.metrics
     assert (m["resumed_pairs"], m["judged_this_run"]) == (3, 6)
