@@ -97,6 +97,21 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
     + _seeds("bs32_iw05", bs=32, item_weight=0.5)
     + _seeds("bs16", bs=16)
     + _seeds("bs32_l3_e14", bs=32, size="l3", epochs=14),
+    # Optimizer steps vs compute (the demo's 15 minutes), and more targets per window.
+    "steps": _seeds("bs8", bs=8)  # the longest runs first, so the grid packs
+    + _seeds("bs8_lr2", bs=8, lr=2e-3)
+    + _seeds("bs16_st10", bs=16, stride=10, reloss=True)
+    + _seeds("bs16", bs=16)
+    + _seeds("bs16_lr2", bs=16, lr=2e-3)
+    + _seeds("bs16_reloss", bs=16, reloss=True)
+    + _seeds("bs16_iw05", bs=16, item_weight=0.5)
+    + _seeds("bs8_e5", bs=8, epochs=5)
+    + _seeds("bs16_e6", bs=16, epochs=6),
+    "capacity": _seeds("bs16_l3_e12", bs=16, size="l3", epochs=12)
+    + _seeds("bs16_w192", bs=16, size="w192")
+    + _seeds("bs16_l3", bs=16, size="l3")
+    + _seeds("bs16_e12", bs=16, epochs=12)
+    + _seeds("bs16_wd1", bs=16, wd=0.1),
 }
 
 
@@ -104,22 +119,27 @@ def prep(runs: Path, out: Path) -> None:
     """Data splits, SID variants and longer-history splits of one finished run, pickled."""
     import pyarrow.parquet as pq
 
+    from sgrec_ray.config import load_config
     from sgrec_ray.data.split import default_stride, train_windows
+    from sgrec_ray.runs import RunContext
     from sgrec_ray.sid.embed import read_embeddings
     from sgrec_ray.sid.rqkmeans import resolve_collisions, rq_kmeans
     from sgrec_ray.sid.stage import quantisation_input
 
-    train = pq.read_table(runs / "data/train.parquet")
-    test = pq.read_table(runs / "data/test.parquet").to_pydict()
-    valid = pq.read_table(runs / "data/valid.parquet").to_pydict()
+    root = Path(__file__).resolve().parents[1]
+    over = [f"run.storage={runs.resolve().parent}", f"run.name={runs.name}"]
+    ctx = RunContext(load_config(root / "configs/ml100k.yaml", over))
+    train = pq.read_table(ctx.path("data", "train.parquet"))
+    test = pq.read_table(ctx.path("data", "test.parquet")).to_pydict()
+    valid = pq.read_table(ctx.path("data", "valid.parquet")).to_pydict()
     data: dict[str, Any] = {
         "train": list(zip(train["items"].to_pylist(), train["loss_from"].to_pylist(), strict=True)),
         "valid": {c: valid[c] for c in ("history", "target", "seen")},
         "test": {c: test[c] for c in ("history", "target", "seen")},
         "sids": {},
     }
-    text = read_embeddings(pq.read_table(runs / "sid/embeddings.parquet"))[1]
-    cf = read_embeddings(pq.read_table(runs / "sasrec/item_vectors.parquet"))[1]
+    text = read_embeddings(pq.read_table(ctx.path("sid", "embeddings.parquet")))[1]
+    cf = read_embeddings(pq.read_table(ctx.path("sasrec", "item_vectors.parquet")))[1]
     for name, source, cf_weight, levels, codes_n in (
         ("hybrid", "hybrid", 0.5, 3, 32),  # configs/ml100k.yaml
         ("hybrid07", "hybrid", 0.7, 3, 32),
@@ -147,6 +167,12 @@ def prep(runs: Path, out: Path) -> None:
                 split["target"].append(full[end])
                 split["seen"].append(full[:end])
         data[f"train_h{h}"], data[f"valid_h{h}"], data[f"test_h{h}"] = tr, va, te
+    for stride in (10,):  # denser windows over the same 50-item history
+        data[f"train_st{stride}"] = [
+            ([*seen, target][:-2][s:e], lf)
+            for seen, target in zip(test["seen"], test["target"], strict=True)
+            for s, e, lf in train_windows(len(seen) - 1, 50, stride)
+        ]
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "wb") as f:
         pickle.dump(data, f)
@@ -189,6 +215,10 @@ def train_and_score(cfg: dict[str, Any], inputs: Path, device: str) -> dict[str,
     if cfg.get("hist"):
         for k in ("train", "valid", "test"):
             data[k] = data[f"{k}_h{cfg['hist']}"]
+    if cfg.get("stride"):
+        data["train"] = data[f"train_st{cfg['stride']}"]
+    if cfg.get("reloss"):  # every window supervises all its items (targets repeat across windows)
+        data["train"] = [(items, 1) for items, _ in data["train"]]
     if cfg.get("n_users"):  # a smoke run: the first N windows and users
         data["train"] = data["train"][: cfg["n_users"]]
         for k in ("valid", "test"):
