@@ -96,6 +96,14 @@ def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = Fa
             _safe_div(row["judge_pairs"], full["judge_pairs"]) if full else None
         )
     methods = {name: mean_std(rows) for name, rows in runs.items()}
+    for name, rows in runs.items():
+        if name != "sft":
+            methods[name]["vs_sft"] = paired_vs(rows, runs["sft"])
+            methods[name]["best_steps"] = [
+                ((r.get("train") or {}).get("valid") or {}).get("best_step") for r in rows
+            ]
+    if "a2po" in runs and "grpo" in runs:
+        methods["a2po"]["vs_grpo"] = paired_vs(runs["a2po"], runs["grpo"])
     plots = _plots(ctx, methods, study, telemetry)
     metrics = {
         "setting": scorer.setting,
@@ -126,6 +134,22 @@ def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = Fa
 
     write_report(ctx)
     return metrics
+
+
+def paired_vs(
+    rows: list[dict[str, Any]], base: list[dict[str, Any]], k: int = 10
+) -> dict[str, list[float]] | None:
+    """HR@k / NDCG@k of one method minus another on the same users, each averaged over its seeds:
+    ``{"hr@10": [difference, standard error], …}`` (paired, :func:`~sgrec_ray.eval.metrics.
+    paired_difference`). None when a run was scored before its per-user ranks were kept."""
+    from sgrec_ray.eval.metrics import paired_difference
+
+    if any(r.get("ranks") is None for r in (*rows, *base)):
+        return None
+    diff = paired_difference(
+        [np.asarray(r["ranks"]) for r in rows], [np.asarray(r["ranks"]) for r in base], k
+    )
+    return {key: [round(d, 6), round(se, 6)] for key, (d, se) in diff.items()}
 
 
 def _safe_div(a: float | None, b: float | None) -> float | None:
@@ -233,7 +257,7 @@ class _Scorer:
         )
 
     def score(self, name: str, model_uri: str) -> dict[str, Any]:
-        from sgrec_ray.eval.metrics import ranking_metrics
+        from sgrec_ray.eval.metrics import ranking_metrics, target_ranks
         from sgrec_ray.eval.stage import generate_topk
 
         k = 10
@@ -241,11 +265,14 @@ class _Scorer:
         preds = generate_topk(
             self.ctx, self.samples, model_uri, kmax, exclude_seen=self.setting == "exclude_seen"
         )
-        top = [list(r)[:k] for r in preds.column("items").to_pylist()]
+        ranked = preds.column("items").to_pylist()
+        top = [list(r)[:k] for r in ranked]
         targets = self.samples.column("target").to_pylist()
         out: dict[str, Any] = ranking_metrics(
-            preds.column("items").to_pylist(), targets, [*self.ctx.cfg.eval.ks, 5, k], self.n_items
+            ranked, targets, [*self.ctx.cfg.eval.ks, 5, k], self.n_items
         )
+        # Per-user ranks of the target, so methods can be compared paired over the same users.
+        out["ranks"] = target_ranks(ranked, targets).tolist()
         out["genre@10"] = self._genre(top, targets)
         out["pctr@10"] = self._pctr(top)
         out["judge@10"], out["judge_failed@10"] = self._judge(top)
@@ -408,6 +435,25 @@ def _plots(
     return out
 
 
+def paired_line(label: str, vs: dict[str, list[float]] | None, base: dict[str, Any] | None) -> str:
+    """One sentence on a paired difference: its size, its ratio to the baseline, and whether it
+    clears twice its standard error (the bar a claim needs here)."""
+    if not vs or not base or not base.get("ndcg@10"):
+        return f"{label}: no paired figure (arms scored before per-user ranks were kept; --force)."
+    d, se = vs["ndcg@10"]
+    dh, seh = vs["hr@10"]
+    verdict = (
+        "larger than twice its standard error"
+        if abs(d) > 2 * se
+        else "within twice its standard error, so not evidence either way"
+    )
+    return (
+        f"{label}, paired over the same users (each averaged over its seeds): NDCG@10 {d:+.4f} ± "
+        f"{se:.4f} ({(base['ndcg@10'] + d) / base['ndcg@10']:.3f}×), HR@10 {dh:+.4f} ± {seh:.4f}; "
+        f"the NDCG@10 difference is {verdict}."
+    )
+
+
 def reading(
     methods: dict[str, dict[str, Any]], study: list[dict[str, Any]], cfg: Config
 ) -> list[str]:
@@ -434,6 +480,11 @@ def reading(
         f"{cmp('a2po', 'adv_sum', 'genre@10')}.",
         f"Semantics beyond business: {cmp('a2po', 'grpo', 'judge@10')}; {cmp('a2po', 'grpo', 'genre@10')} "
         "(judge@10 uses the judge that trained the semantic arms; genre@10 does not).",
+    ]
+    a2po = methods.get("a2po") or {}
+    lines += [
+        paired_line("A2PO − SFT", a2po.get("vs_sft"), methods.get("sft")),
+        paired_line("A2PO − GRPO (business only)", a2po.get("vs_grpo"), methods.get("grpo")),
     ]
     rs, a2 = methods.get("reward_sum"), methods.get("a2po")
     if rs and a2 and rs.get("hr@10") is not None and a2.get("hr@10") is not None:

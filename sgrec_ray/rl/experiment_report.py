@@ -84,16 +84,33 @@ def fmt_mean_std(m: dict[str, Any], key: str) -> str:
 
 
 def format_experiment_table(metrics: dict[str, Any]) -> str:
-    """Markdown table: one row per method, mean ± std per measure."""
-    head = "| method | runs | " + " | ".join(KEYS) + " |"
-    lines = [head, "|" + "---|" * (len(KEYS) + 2)]
+    """Markdown table: one row per method, mean ± std per measure, then the paired difference to
+    SFT on NDCG@10 and HR@10 (± its standard error over users) and each seed's best validated step."""
+    extra = ("NDCG@10 − SFT (paired)", "HR@10 − SFT (paired)", "best valid step")
+    head = "| method | runs | " + " | ".join((*KEYS, *extra)) + " |"
+    lines = [head, "|" + "---|" * (len(KEYS) + len(extra) + 2)]
     for name, m in metrics.get("methods", {}).items():
         if "runs" not in m:  # rows of other stages (pop, *_exclude_seen) belong to other tables
             continue
-        lines.append(
-            f"| {name} | {m.get('runs')} | " + " | ".join(fmt_mean_std(m, k) for k in KEYS) + " |"
-        )
+        vs = m.get("vs_sft")
+        steps = m.get("best_steps")
+        cells = [
+            *(fmt_mean_std(m, k) for k in KEYS),
+            fmt_difference(vs, "ndcg@10"),
+            fmt_difference(vs, "hr@10"),
+            ", ".join("–" if s is None else str(s) for s in steps) if steps else "–",
+        ]
+        lines.append(f"| {name} | {m.get('runs')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def fmt_difference(vs: dict[str, list[float]] | None, key: str) -> str:
+    """``+0.0012 ± 0.0019`` from a paired comparison (``rl.experiment.paired_vs``); ``–`` when
+    there is none (the baseline row, or runs scored before per-user ranks were kept)."""
+    if not vs or key not in vs:
+        return "–"
+    d, se = vs[key]
+    return f"{d:+.4f} ± {se:.4f}"
 
 
 def format_study_table(study: list[dict[str, Any]]) -> str:

@@ -10,7 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sgrec_ray.eval.metrics import hit_rate, mrr, ndcg, ranking_metrics, target_ranks
+from sgrec_ray.eval.metrics import (
+    hit_rate,
+    mrr,
+    ndcg,
+    paired_difference,
+    rank_standard_errors,
+    ranking_metrics,
+    target_ranks,
+)
 from sgrec_ray.eval.popularity import item_counts, popularity_ranking, recommend_popular
 
 
@@ -24,6 +32,33 @@ def test_hand_computed_example():
     assert m["mrr"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
     assert m["valid_rate"] == 1.0
     assert m["coverage@3"] == pytest.approx(6 / 10)
+
+
+def test_paired_difference_by_hand():
+    a = np.array([0, -1, 3, 12])  # ranks of the target per user (-1: not recommended)
+    b = np.array([1, 2, -1, 0])
+    out = paired_difference([a], [b], k=10)
+    ga = np.array([1.0, 0.0, 1 / math.log2(5), 0.0])  # rank 12 is outside the top 10
+    gb = np.array([1 / math.log2(3), 0.5, 0.0, 1.0])
+    d = ga - gb
+    assert out["ndcg@10"][0] == pytest.approx(d.mean())
+    assert out["ndcg@10"][1] == pytest.approx(d.std(ddof=1) / 2)  # sqrt(4 users)
+    assert out["hr@10"][0] == pytest.approx((2 - 3) / 4)
+    # Seeds are averaged per user before differencing: two runs of a, one of b.
+    two = paired_difference([a, b], [b], k=10)
+    assert two["ndcg@10"][0] == pytest.approx(d.mean() / 2)
+    with pytest.raises(ValueError, match="different numbers of users"):
+        paired_difference([a], [b[:3]], k=10)
+
+
+def test_paired_error_is_smaller_than_the_unpaired_on_shared_users():
+    rng = np.random.default_rng(0)
+    base = np.where(rng.random(2000) < 0.3, rng.integers(0, 10, 2000), -1)
+    better = base.copy()
+    better[:40] = 0  # the same users, 40 of them moved to the top
+    d, se = paired_difference([better], [base], k=10)["ndcg@10"]
+    unpaired = np.hypot(*(rank_standard_errors(r, [10])["ndcg@10"] for r in (better, base)))
+    assert d > 2 * se and se < unpaired / 2
 
 
 def test_invalid_items_lower_the_valid_rate():

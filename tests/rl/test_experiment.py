@@ -6,22 +6,46 @@ import pytest
 
 from sgrec_ray import storage
 from sgrec_ray.report import REPORT_JSON, REPORT_MD
-from sgrec_ray.rl.experiment import ARMS, KEYS, mean_std, run_experiment
+from sgrec_ray.rl.experiment import ARMS, KEYS, mean_std, paired_line, paired_vs, run_experiment
+from sgrec_ray.rl.experiment_report import format_experiment_table
 from tests.rl.conftest import rl_ctx
 from tests.rl.fakes import FakeSemantic
 
 
 def test_mean_std_over_seeds():
     rows = [
-        {"seed": 0, "hr@10": 0.1, "judge@10": None, "train": {"wall_s": 1.0}},
-        {"seed": 1, "hr@10": 0.3, "judge@10": None, "train": {"wall_s": 2.0}},
+        {"seed": 0, "hr@10": 0.1, "judge@10": None, "ranks": [0, -1], "train": {"wall_s": 1.0}},
+        {"seed": 1, "hr@10": 0.3, "judge@10": None, "ranks": [1, -1], "train": {"wall_s": 2.0}},
     ]
     out = mean_std(rows)
     assert out["runs"] == 2 and out["hr@10"] == pytest.approx(0.2)
     assert out["std"]["hr@10"] == pytest.approx(0.141421, abs=1e-6)  # sample std (ddof=1)
     assert out["judge@10"] is None and "judge@10" not in out["std"]  # absent, not zero
-    assert "seed" not in out and set(KEYS) <= set(out)
+    assert "seed" not in out and "ranks" not in out and set(KEYS) <= set(out)
     assert mean_std(rows[:1])["std"]["hr@10"] == 0.0
+
+
+def test_paired_comparison_reaches_the_table_and_the_reading():
+    sft = [{"ranks": [0, 5, -1, -1, 2, -1]}]
+    arm = [
+        {"ranks": [0, 0, -1, 3, 2, -1], "train": {"valid": {"best_step": 10}}},
+        {"ranks": [0, 5, 1, -1, 2, -1], "train": {"valid": {"best_step": 20}}},
+    ]
+    vs = paired_vs(arm, sft)
+    assert vs is not None
+    assert vs["hr@10"][0] == pytest.approx(1 / 6, abs=1e-6)  # one user more hit in each seed
+    assert vs["ndcg@10"][0] > 0 and vs["ndcg@10"][1] > 0
+    assert paired_vs([{"hr@10": 0.1}], sft) is None  # scored before ranks were kept
+    methods = {
+        "sft": {"runs": 1, "ndcg@10": 0.3, "std": {}},
+        "a2po": {"runs": 2, "ndcg@10": 0.4, "std": {}, "vs_sft": vs, "best_steps": [10, 20]},
+    }
+    table = format_experiment_table({"methods": methods})
+    row = next(line for line in table.splitlines() if line.startswith("| a2po"))
+    assert f"{vs['ndcg@10'][0]:+.4f} ± {vs['ndcg@10'][1]:.4f}" in row and "10, 20" in row
+    line = paired_line("A2PO − SFT", vs, methods["sft"])
+    assert "paired" in line and ("larger than twice" in line or "within twice" in line)
+    assert "no paired figure" in paired_line("A2PO − SFT", None, methods["sft"])
 
 
 @pytest.mark.integration
@@ -54,6 +78,11 @@ def test_experiment_writes_table_study_and_reading(rl_base):
     assert [r["semantic_rate"] for r in study] == [0.0, 0.5]
     assert study[0]["judge_pairs"] == 0 < study[1]["judge_pairs"]
     assert any("Claim 1" in line for line in metrics["reading"])
+    # Every arm is compared with SFT paired over the same users, and says its best validated step.
+    for name in ARMS:
+        assert set(methods[name]["vs_sft"]) == {"hr@10", "ndcg@10"}
+        assert len(methods[name]["best_steps"]) == 1
+    assert any(line.startswith("A2PO − SFT, paired") for line in metrics["reading"])
     # Arms live under <run>/experiment/<arm>-seed<k>/ and reuse the base run's shared stages.
     assert storage.exists(ctx.path("experiment", "a2po-seed0", "result.json"))
     assert storage.exists(ctx.path("experiment", "a2po-seed0-rate0", "result.json"))
