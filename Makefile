@@ -31,7 +31,8 @@ demo: install
 	$(BIN)/sgrec serve configs/ml100k.yaml --demo
 
 # Not in `make demo` (it would pass 15 minutes on 2 cores): the Personalized Semantic Judge on the
-# demo run (~10 min: 60 users, ~960 judged pairs), and the A2PO comparison (~35 min).
+# demo run (~35 min: 60 users, ~1,050 pairs, each rating pair in its own history), and the A2PO
+# comparison (docs/BENCHMARKS.md).
 demo-psj: install
 	$(BIN)/sgrec run configs/ml100k.yaml --stages data,sasrec,sid,sft,eval,judge,aggregate
 
