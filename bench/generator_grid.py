@@ -171,7 +171,7 @@ def prep(runs: Path, out: Path) -> None:
         data[f"train_st{stride}"] = [
             ([*seen, target][:-2][s:e], lf)
             for seen, target in zip(test["seen"], test["target"], strict=True)
-            for s, e, lf in train_windows(len(seen) - 1, 50, stride)
+            for s, e, lf in train_windows(len(seen) - 1, ctx.cfg.data.max_history, stride)
         ]
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "wb") as f:
