@@ -17,7 +17,8 @@ exactly the prompts the lost steps would have drawn.
 
 Validation (``rl.eval_every`` > 0): NDCG@10 on the valid split before the first step (the SFT's
 figure) and every ``eval_every`` steps, with the checkpoints taken there; the best validated step is
-what the stage exports, so test figures never choose the checkpoint.
+what the stage exports, so test figures never choose the checkpoint. Step 0 is a candidate too: when
+no RL step beats the SFT's figure, the stage exports the SFT checkpoint unchanged.
 
 Fault tolerance as in SFT: ``FailureConfig(max_failures)`` restarts the worker group, the loop finds
 ``ray.train.get_checkpoint()`` and continues after it. Test-only: with ``SGREC_TEST_FAIL_AFTER_STEP=N``
@@ -320,6 +321,10 @@ def train_policy(
         {rl.advantage: [r for r in log if "step" in r]}, storage.join(stage_uri, CURVES_FILE)
     )
     metrics = summarize(log, time.time() - started)
+    if (metrics.get("valid") or {}).get("best_step") == 0:  # no RL step beat the SFT on valid
+        with tempfile.TemporaryDirectory() as tmp:
+            storage.delete_dir(model_uri)
+            storage.upload_dir(storage.download_dir(sft_uri, tmp), model_uri)
     metrics["prompts"] = len(prompts)
     metrics["epochs"] = round(metrics["total_groups"] / len(prompts), 4)
     if semantic is not None and uses_judge(rl):
@@ -376,6 +381,8 @@ def summarize(log: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
     validated = [r for r in steps if VALID_METRIC in r]
     if reference is not None or validated:
         best = max(validated, key=lambda r: r[VALID_METRIC]) if validated else {}
+        if reference is not None and reference[VALID_METRIC] > best.get(VALID_METRIC, -math.inf):
+            best = {"step": 0, VALID_METRIC: reference[VALID_METRIC]}  # the SFT itself
         out["valid"] = {
             "sft": reference[VALID_METRIC] if reference else None,
             "best_step": best.get("step"),

@@ -72,6 +72,13 @@ def valid_lines(valid: dict[str, Any] | None) -> list[str]:
         return []
     best, sft = valid.get("best"), valid.get("sft")
     gain = f" ({best / sft - 1:+.1%} over SFT)" if best is not None and sft else ""
+    if valid.get("best_step") == 0:
+        return [
+            f"Validation NDCG@10 (valid split, never test): SFT {sft}; no RL step beat it (best "
+            f"{max(valid.get('by_step', {}).values(), default=None)}), so the exported model is "
+            "the SFT checkpoint unchanged.",
+            "",
+        ]
     return [
         f"Validation NDCG@10 (valid split, never test): SFT {sft}, best RL step "
         f"{valid.get('best_step')} {best}{gain}; that step is the exported model.",

@@ -20,9 +20,11 @@ from sgrec_ray.rl.a2po import (
     check_reference,
     load_prompts,
     load_valid,
+    summarize,
     total_steps,
     train_policy,
 )
+from sgrec_ray.rl.report_section import valid_lines
 from sgrec_ray.rl.telemetry import read_jsonl
 from sgrec_ray.sid.trie import SidTrie, SidVocab
 from tests.generator.gen_synthetic import make_item_tokens
@@ -202,8 +204,26 @@ def test_epoch_budget_validation_and_best_step_export(rl_base, tmp_path):
     assert sorted(by_step) == [1, 2, 3]
     rows = read_jsonl(str(tmp_path / "a2po_valid" / "telemetry.jsonl"))
     assert [r["valid_ndcg@10"] for r in rows] == [by_step[s] for s in (1, 2, 3)]
-    # The exported model is the best validated step, never chosen on test.
+    # The exported model is the best validated step, the SFT (step 0) included; never test.
     meta = json.loads((tmp_path / "a2po_valid" / "model" / "generator.json").read_text())
-    assert meta["valid_ndcg"] == max(by_step.values()) == m["valid"]["best"]
-    assert by_step[meta["step"]] == max(by_step.values())
+    assert m["valid"]["best"] == max(m["valid"]["sft"], *by_step.values())
+    if m["valid"]["best_step"] == 0:
+        assert meta == sft_meta
+    else:
+        assert meta["valid_ndcg"] == max(by_step.values()) == m["valid"]["best"]
+        assert by_step[meta["step"]] == max(by_step.values()) == by_step[m["valid"]["best_step"]]
     assert meta["rerank_weight"] == sft_meta["rerank_weight"]
+
+
+def test_the_sft_is_a_candidate_for_the_exported_step():
+    ref = {"event": "valid_reference", "valid_ndcg@10": 0.07326}
+    steps = [{"step": 10, "valid_ndcg@10": 0.0729}, {"step": 20, "valid_ndcg@10": 0.07308}]
+    assert summarize([ref, *steps], 1.0)["valid"] == {
+        "sft": 0.07326, "best_step": 0, "best": 0.07326, "by_step": {10: 0.0729, 20: 0.07308},
+    }  # fmt: skip
+    better = [*steps, {"step": 30, "valid_ndcg@10": 0.074}]
+    assert summarize([ref, *better], 1.0)["valid"]["best_step"] == 30
+    tie = [ref, {"step": 10, "valid_ndcg@10": 0.07326}]  # a tie keeps the RL step
+    assert summarize(tie, 1.0)["valid"]["best_step"] == 10
+    lines = valid_lines(summarize([ref, *steps], 1.0)["valid"])
+    assert "no RL step beat it (best 0.07308)" in lines[0] and "SFT checkpoint" in lines[0]
