@@ -21,15 +21,22 @@ import argparse
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from sgrec_ray.generator.decode import Recommender
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # w: the generator's item score (sft.rerank_weights)
 SASREC = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)  # v: SASRec's log p(item | history)
 
 
-def leaves(rec, histories: list[list[int]]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+Leaves = list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def leaves(rec: Recommender, histories: list[list[int]]) -> Leaves:
     """Per user (item_idx [L], log p(SID) [L], log p_item [L]) of every leaf of the beam."""
     from sgrec_ray.generator.decode import constrained_beam_search
 
@@ -48,7 +55,9 @@ def leaves(rec, histories: list[list[int]]) -> list[tuple[np.ndarray, np.ndarray
     return out
 
 
-def ranks(cands, sasrec_logp: np.ndarray, targets: np.ndarray, w: float, v: float) -> np.ndarray:
+def ranks(
+    cands: Leaves, sasrec_logp: np.ndarray, targets: np.ndarray, w: float, v: float
+) -> np.ndarray:
     """0-based rank of each target among its leaves under the fused score; -1 if not a leaf."""
     out = np.full(len(targets), -1, dtype=np.int64)
     for u, ((ids, sid, item), t) in enumerate(zip(cands, targets, strict=True)):
