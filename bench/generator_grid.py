@@ -8,7 +8,8 @@ Why a grid and not one run per idea: on ML-100k one seed's test NDCG@10 moves by
 seeds of the same recipe (and its standard error over users is ±0.006), so a single run cannot tell
 a +0.005 recipe change from luck. Every recipe here runs with 3 seeds and is read as a mean.
 
-``prep`` reads a finished run (``data``, ``sid/embeddings.parquet``, ``sasrec/item_vectors.parquet``)
+``prep`` reads a finished run (``data``, ``sid/embeddings.parquet``, ``sasrec/item_vectors.parquet``,
+the SASRec model as the ``kd`` recipes' teacher)
 and builds the SID variants with the sid stage's own functions, plus longer-history splits rebuilt
 from the test rows' ``seen``. ``run`` trains each config with the SFT stage's encoding, losses and
 schedule (AdamW, warmup + cosine, token loss + item-level loss), validates every ``ev`` epochs for
