@@ -412,11 +412,12 @@ def _distill(teacher: Any, rows: list[tuple[list[int], int]], scores: Any, temp:
     """
     import torch
 
-    t_max = max(len(items) for items, _ in rows) - 1
-    seq = torch.zeros(len(rows), max(t_max, 1), dtype=torch.long, device=scores.device)
+    from sgrec_ray.sasrec.model import pad_histories
+
+    seq = pad_histories([list(items[:-1]) for items, _ in rows], teacher.cfg.max_len)[0]
+    seq = seq.to(scores.device)
     keep, pick = [], []
     for r, (items, lf) in enumerate(rows):
-        seq[r, : len(items) - 1] = torch.as_tensor(items[:-1], device=scores.device) + 1
         for j in range(max(int(lf), 0), len(items)):
             keep.append(j > 0)
             pick.append((r, max(j - 1, 0)))
