@@ -59,8 +59,7 @@ def main() -> None:
 
     from sgrec_ray import pipeline, storage
     from sgrec_ray.config import load_config
-    from sgrec_ray.data import schema
-    from sgrec_ray.rl.a2po import load_prompts, train_policy
+    from sgrec_ray.rl.a2po import run_prompts, train_policy
     from sgrec_ray.rl.telemetry import read_jsonl
     from sgrec_ray.runs import RunContext
 
@@ -82,7 +81,7 @@ def main() -> None:
     for name in stages:
         pipeline.run_stage(ctx, name)
     print(f"base stages ready in {time.time() - t0:.0f}s under {ctx.run_uri}", flush=True)
-    prompts = load_prompts(ctx.path("data", schema.TRAIN_FILE), cfg.data.max_history)
+    prompts = run_prompts(ctx)
     sft_uri = ctx.require("sft")["outputs"]["model"]
     ranker_uri = ctx.require("ranker")["outputs"]["model"]
 

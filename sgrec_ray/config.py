@@ -363,12 +363,23 @@ class RlSection:
     )
     semantic_rate: float = 0.05  # share of groups sent to the judge; the rest are business-only
     group_size: int = 16
-    rollout: Literal["beam", "sample"] = "beam"
+    # served: the group is the endpoint's top-G (its beam and re-ranking; rl/policy.py). sample: G
+    # drawn from the endpoint's top sample_pool x G by the served scores / temperature.
+    rollout: Literal["served", "sample"] = "served"
     temperature: float = 1.0  # rollout=sample only
+    sample_pool: int = 4  # rollout=sample only
+    # The true next item in every group (its last slot when the policy missed it): the rule reward
+    # is then never constant, and RL contrasts the truth with the policy's own hardest wrong items.
+    add_target: bool = True
+    # The rule reward's hit: the true next item and the user's next positives_k - 1 training items
+    # after it (ML-100k users rate in bursts: the exact next item is a noisy label). 1 = MiniOneRec.
+    positives_k: int = 1
     clip_eps: float = 0.2
     kl_beta: float = 1e-3  # KL to the SFT reference (k3 estimator)
     nll_weight: float = 0.0  # optional NLL term on the true item
     lr: float = 1e-4
+    lr_schedule: Literal["cosine", "constant"] = "cosine"  # cosine: linear warmup, cosine decay
+    warmup_ratio: float = 0.1
     grad_clip: float = 1.0
     steps: int = 100
     users_per_step: int = 32
@@ -387,7 +398,6 @@ class RlSection:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     max_failures: int = 2
-    sample_oversample: int = 2  # rollout=sample: draws per group slot before de-duplication
     # sgrec experiment: seeds of every RL arm, the semantic-rate study, and how many eval users get
     # their top-10 judged by the PSJ (judge calls cost ~users x 10 per arm; the cache is shared).
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])

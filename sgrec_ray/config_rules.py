@@ -195,7 +195,9 @@ RANGES: dict[str, Range] = {
     "rl.num_workers": COUNT,
     "rl.cpus_per_worker": POSITIVE,
     "rl.max_failures": FAILURES,
-    "rl.sample_oversample": COUNT,
+    "rl.sample_pool": Range(2),  # 1 would be rollout=served
+    "rl.positives_k": COUNT,
+    "rl.warmup_ratio": Range(0, 1, hi_open=True),
     "rl.seeds": SEED,
     "rl.study_rates": UNIT,
     "rl.judge_eval_users": NONNEG,

@@ -55,6 +55,7 @@ from sgrec_ray.generator.model import (
     save_generator,
     unwrap,
 )
+from sgrec_ray.generator.validate import choose_weight, validate_on_rank0
 from sgrec_ray.ray_train import checkpoint_dir, fit, load_state, make_trainer
 from sgrec_ray.runs import RunContext, StageResult, fingerprint
 
@@ -397,7 +398,7 @@ def _train_loop(config: dict[str, Any]) -> None:
         validating = eval_every > 0 and ((epoch + 1) % eval_every == 0 or last)
         if validating:
             scores = _validate(model, config, token_map, rank, world, device)
-            weight = max(scores, key=lambda w: (scores[w], -w))  # ties: the lighter re-ranking
+            weight = choose_weight(scores)
             record.update(
                 {
                     VALID_METRIC: round(scores[weight], 5),
@@ -461,7 +462,6 @@ def _validate(
     device: torch.device,
 ) -> dict[float, float]:
     """{re-ranking weight: validation NDCG@10}, the same on every rank."""
-    from sgrec_ray.generator.validate import validate_on_rank0
     from sgrec_ray.sid.trie import SidTrie, SidVocab
 
     item_tokens = config["item_tokens"]

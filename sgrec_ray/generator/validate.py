@@ -22,10 +22,9 @@ from sgrec_ray.sid.trie import SidTrie
 
 
 @torch.inference_mode()
-def validation_ndcg(
+def validation_rankings(
     model: torch.nn.Module,
     histories: Sequence[Sequence[int]],
-    targets: Sequence[int],
     item_tokens: np.ndarray,
     trie: SidTrie,
     token_map: np.ndarray,
@@ -34,8 +33,12 @@ def validation_ndcg(
     k: int = 10,
     batch_size: int = 64,
     device: str = "cpu",
-) -> dict[float, float]:
-    """{rerank weight: NDCG@k} on (history, target) samples, full catalogue, plain setting."""
+) -> dict[float, list[list[int]]]:
+    """{rerank weight: per user the top-k item_idx}, ranked as the endpoint ranks at that weight.
+
+    The endpoint ranks every leaf of a ``beam_width`` search by the blend; here the search runs
+    once at weight 0 returning all its leaves, and each weight re-sorts them (module docstring).
+    """
     was_training = model.training
     model.eval()
     n_leaves = beam_width * trie.width[-1]
@@ -61,7 +64,7 @@ def validation_ndcg(
         )
         item_logp.append(torch.log_softmax(item_logits(out.logits[:, -1].float(), items, tmap), -1))
     logp = torch.cat(item_logp).cpu()
-    result = {}
+    result: dict[float, list[list[int]]] = {}
     for w in weights:
         ranked = []
         for u, found in enumerate(leaves):
@@ -69,9 +72,37 @@ def validation_ndcg(
             sid = torch.tensor([s for _, s in found], dtype=torch.float32)
             score = blend(sid, logp[u, cand], float(w))
             ranked.append(cand[torch.argsort(score, descending=True, stable=True)][:k].tolist())
-        result[float(w)] = ndcg(target_ranks(ranked, targets), k)
+        result[float(w)] = ranked
     model.train(was_training)
     return result
+
+
+def validation_ndcg(
+    model: torch.nn.Module,
+    histories: Sequence[Sequence[int]],
+    targets: Sequence[int],
+    item_tokens: np.ndarray,
+    trie: SidTrie,
+    token_map: np.ndarray,
+    beam_width: int,
+    weights: Sequence[float],
+    k: int = 10,
+    batch_size: int = 64,
+    device: str = "cpu",
+) -> dict[float, float]:
+    """{rerank weight: NDCG@k} on (history, target) samples, full catalogue, plain setting."""
+    rankings = validation_rankings(
+        model, histories, item_tokens, trie, token_map, beam_width, weights, k, batch_size, device
+    )
+    return {w: ndcg(target_ranks(ranked, targets), k) for w, ranked in rankings.items()}
+
+
+def choose_weight(scores: dict[float, float]) -> float:
+    """The re-ranking weight of the best validation figure; ties go to the lighter re-ranking.
+
+    One rule for SFT's choice and RL's re-choice at every validation, so both pick alike.
+    """
+    return max(scores, key=lambda w: (scores[w], -w))
 
 
 def validate_on_rank0(

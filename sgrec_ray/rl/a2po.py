@@ -34,7 +34,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,7 @@ import ray.train
 import ray.train.torch
 import torch
 from ray.train import Checkpoint
+from transformers import get_cosine_schedule_with_warmup
 
 from sgrec_ray import storage
 from sgrec_ray.config import Config, RlSection
@@ -65,6 +66,7 @@ from sgrec_ray.ray_train import fit, make_trainer
 from sgrec_ray.rl.advantages import get_advantage
 from sgrec_ray.rl.groups import fuse_batch
 from sgrec_ray.rl.objective import policy_loss
+from sgrec_ray.rl.policy import ServedScorer, add_targets, group_log_probs
 from sgrec_ray.rl.rewards import (
     BUSINESS_REWARDS,
     RewardEnv,
@@ -72,7 +74,7 @@ from sgrec_ray.rl.rewards import (
     get_business_reward,
     reward_models,
 )
-from sgrec_ray.rl.rollout import RolloutBatch, beam_rollout, policy_log_probs, sample_rollout
+from sgrec_ray.rl.rollout import RolloutBatch
 from sgrec_ray.rl.telemetry import Telemetry, by_reward_sums, reduce_step, step_record
 from sgrec_ray.runs import RunContext, StageResult, fingerprint
 from sgrec_ray.sid.trie import SidTrie, SidVocab
@@ -95,6 +97,9 @@ class Prompts:
     user_ids: list[str]
     histories: list[list[int]]
     targets: np.ndarray  # int64 [N]
+    # [N] the items that earn the rule reward's hit: the target, then up to positives_k - 1 of
+    # the user's following *training* items (never a valid/test item).
+    positives: list[list[int]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -147,7 +152,7 @@ def run(ctx: RunContext) -> StageResult:
     fp = fingerprint(cfg, ("rl", "run_seed"), upstream)
     result = train_policy(
         cfg,
-        prompts=load_prompts(ctx.path("data", schema.TRAIN_FILE), cfg.data.max_history),
+        prompts=run_prompts(ctx),
         sft_uri=sft_uri,
         stage_uri=ctx.stage_uri(STAGE),
         ranker_uri=ranker_uri,
@@ -189,21 +194,49 @@ def total_steps(rl: RlSection, n_prompts: int) -> int:
     return max(math.ceil(rl.epochs * n_prompts / rl.users_per_step), 1)
 
 
-def load_prompts(train_uri: str, max_history: int) -> Prompts:
-    """Prompts from the SFT training windows: each window's last item given the items before it."""
-    t = storage.read_table(train_uri, columns=["user_id", "items"])
-    users, hists, targets = [], [], []
-    for user, items in zip(
-        t.column("user_id").to_pylist(), t.column("items").to_pylist(), strict=True
+def run_prompts(ctx: RunContext) -> Prompts:
+    """The run's RL prompts: its data stage's training windows, its config's history and positives."""
+    cfg = ctx.cfg
+    return load_prompts(
+        ctx.path("data", schema.TRAIN_FILE), cfg.data.max_history, cfg.rl.positives_k
+    )
+
+
+def load_prompts(train_uri: str, max_history: int, positives_k: int = 1) -> Prompts:
+    """Prompts from the SFT training windows: each window's last item given the items before it.
+
+    ``positives_k`` > 1: each prompt's positives are its target and the user's next training
+    items, read from the user's sequence rebuilt from the windows (a window's items from
+    ``loss_from`` on are the ones the previous window had not reached, ``data.split``); a row that
+    does not continue its user's previous window keeps the target alone.
+    """
+    t = storage.read_table(train_uri, columns=["user_id", "items", "loss_from"])
+    users, hists, targets, where = [], [], [], []
+    segments: list[list[int]] = []  # each user's sequence (a new one where a row breaks it)
+    current: dict[str, int] = {}
+    for user, items, loss_from in zip(
+        t.column("user_id").to_pylist(),
+        t.column("items").to_pylist(),
+        t.column("loss_from").to_pylist(),
+        strict=True,
     ):
+        user, items = str(user), [int(i) for i in items]
+        seq = segments[current[user]] if user in current else None
+        if seq is not None and 0 < loss_from <= len(seq) and seq[-loss_from:] == items[:loss_from]:
+            seq.extend(items[loss_from:])
+        else:
+            current[user] = len(segments)
+            segments.append(list(items))
         if len(items) < 2:
             continue
-        users.append(str(user))
-        hists.append([int(i) for i in items[:-1]][-max_history:] if max_history > 0 else [])
-        targets.append(int(items[-1]))
+        users.append(user)
+        hists.append(items[:-1][-max_history:] if max_history > 0 else [])
+        targets.append(items[-1])
+        where.append((current[user], len(segments[current[user]]) - 1))
     if not users:
         raise ValueError(f"{train_uri}: no training window has a history and a target")
-    return Prompts(users, hists, np.asarray(targets, dtype=np.int64))
+    positives = [segments[seg][pos : pos + max(positives_k, 1)] for seg, pos in where]
+    return Prompts(users, hists, np.asarray(targets, dtype=np.int64), positives)
 
 
 def check_reference(sft_uri: str, vocab: SidVocab, trie: SidTrie) -> None:
@@ -280,6 +313,7 @@ def train_policy(
         "valid_histories": valid.column("history").to_pylist() if validate else [],
         "valid_targets": valid.column("target").to_pylist() if validate else [],
         "valid_beam_width": cfg.sft.valid_beam_width,
+        "rerank_weights": list(cfg.sft.rerank_weights) or [0.0],
         "prompts": prompts,
         "sft_uri": sft_uri,
         "ranker_uri": ranker_uri,
@@ -439,6 +473,101 @@ def _semantic_rewards(
     return sem, judged, len(flat)
 
 
+def draw_groups(
+    model: torch.nn.Module,
+    reference: torch.nn.Module,
+    scorer: ServedScorer,
+    batch: RolloutBatch,
+    rl: RlSection,
+    rng: np.random.Generator,
+) -> None:
+    """Fill ``batch.items`` (the served groups, the target added per ``rl.add_target``) and
+    ``batch.logp_ref`` (the reference's group log-probs of the same items, same scorer)."""
+    items = scorer.rollout(
+        model,
+        batch.histories,
+        rl.group_size,
+        pool=rl.sample_pool if rl.rollout == "sample" else 1,
+        temperature=rl.temperature,
+        generator=rng,
+    )
+    if rl.add_target:
+        items, batch.targets_added = add_targets(items, batch.targets.numpy())
+    batch.items = torch.as_tensor(items)
+    with torch.no_grad():
+        batch.logp_ref = group_log_probs(scorer.scores(reference, batch.histories, batch.items)[0])
+
+
+def update_policy(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    batch: RolloutBatch,
+    scorer: ServedScorer,
+    rl: RlSection,
+) -> dict[str, float]:
+    """``rl.inner_updates`` optimizer steps on one rollout batch; returns summed loss figures.
+
+    The log-probability is the served scorer's, normalised over the group (``rl/policy.py``).
+    The first inner update defines π_old (its log-probs, detached): with one inner update the
+    ratio is 1 and the step is the on-policy policy gradient; later ones are clipped as in PPO.
+    The true item rides along as an extra column when the NLL term is on (its NLL is the SFT
+    stage's: SID tokens plus the item-level score), so one forward serves both terms.
+    """
+    assert batch.advantages is not None and batch.logp_ref is not None
+    g = batch.items.shape[1]
+    with_nll = rl.nll_weight > 0
+    cols = torch.cat([batch.items, batch.targets[:, None]], 1) if with_nll else batch.items
+    device = next(model.parameters()).device
+    adv = batch.advantages.to(device).reshape(-1)
+    ref = batch.logp_ref.to(device).reshape(-1)
+    logp_old: torch.Tensor | None = None
+    sums = {"loss_sum": 0.0, "kl_sum": 0.0, "clip_sum": 0.0, "updates": 0.0}
+    model.train()
+    for _ in range(max(rl.inner_updates, 1)):
+        scores, sid, item = scorer.scores(model, batch.histories, cols)
+        logp = group_log_probs(scores[:, :g]).reshape(-1)
+        if logp_old is None:
+            logp_old = logp.detach()
+        parts = policy_loss(
+            logp,
+            logp_old,
+            ref,
+            adv,
+            clip_eps=rl.clip_eps,
+            kl_beta=rl.kl_beta,
+            nll=-(sid[:, g] + item[:, g]) if with_nll else None,
+            nll_weight=rl.nll_weight,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        parts.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), rl.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        sums["loss_sum"] += float(parts.loss.detach())
+        sums["kl_sum"] += parts.kl
+        sums["clip_sum"] += parts.clip_frac
+        sums["updates"] += 1
+    model.eval()
+    return sums
+
+
+def make_optimizer(
+    model: torch.nn.Module, rl: RlSection, total_steps: int
+) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW (no weight decay: the KL term is the anchor) and the ``rl.lr_schedule`` scheduler,
+    stepped once per optimizer step (``inner_updates`` per RL step)."""
+    optimizer = torch.optim.AdamW(param_groups(model, 0.0), lr=rl.lr, betas=(0.9, 0.95))
+    updates = max(total_steps * max(rl.inner_updates, 1), 1)
+    if rl.lr_schedule == "cosine":
+        scheduler = get_cosine_schedule_with_warmup(
+            optimizer, int(rl.warmup_ratio * updates), updates
+        )
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    return optimizer, scheduler
+
+
 def _train_loop(config: dict[str, Any]) -> None:
     """One Ray Train worker: setup (fresh from SFT or from an RL checkpoint), then the step loop."""
     tctx = ray.train.get_context()
@@ -449,7 +578,6 @@ def _train_loop(config: dict[str, Any]) -> None:
 
     sft = load_generator(config["sft_uri"])
     item_tokens, sid_vocab_json = sft.item_tokens, sft.sid_vocab_json
-    trie = SidTrie.from_tokens(item_tokens, SidVocab.from_json(sid_vocab_json))
     reference = load_generator(config["sft_uri"]).model.eval().requires_grad_(False)
     ckpt = ray.train.get_checkpoint()
     state: dict[str, Any] | None = None
@@ -472,14 +600,16 @@ def _train_loop(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     reference.to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, 0.0), lr=rl.lr, betas=(0.9, 0.95))
-    # Constant LR; a scheduler object still exists because the shared checkpoint layout holds one.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    n_steps, eval_every = config["steps"], config["eval_every"]
+    optimizer, scheduler = make_optimizer(model, rl, n_steps)
+    # The endpoint's scorer at the SFT's weight; validations re-choose the weight.
+    scorer = ServedScorer.of(sft, config["valid_beam_width"], device)
     start = 0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start = int(state["step"])
+        scorer.weight = float(state.get("rerank_weight", scorer.weight))
         log.append({"event": "resumed", "from_step": start, "world_size": world})
         if rank == 0:
             print(f"[a2po] resumed from the step-{start} checkpoint", flush=True)
@@ -500,24 +630,32 @@ def _train_loop(config: dict[str, Any]) -> None:
     semantic = config["semantic"]
     prompts: Prompts = config["prompts"]
     telemetry = Telemetry(config["telemetry_uri"] if rank == 0 else None, config["run_tag"])
-    gen = torch.Generator().manual_seed(seed * 7919 + rank)
-    n_steps, eval_every = config["steps"], config["eval_every"]
-    weight = sft.meta.rerank_weight  # RL keeps the re-ranking SFT validation chose
 
     def validate() -> float:
-        from sgrec_ray.generator.validate import validate_on_rank0
+        """Validation NDCG@10 as served: the best over the candidate weights, which it adopts."""
+        from sgrec_ray.generator.validate import choose_weight, validate_on_rank0
 
         scores = validate_on_rank0(
-            model, config["valid_histories"], config["valid_targets"], item_tokens, trie,
-            token_map, config["valid_beam_width"], [weight], rank, world, device,
+            model, config["valid_histories"], config["valid_targets"], item_tokens, scorer.trie,
+            token_map, config["valid_beam_width"], config["rerank_weights"], rank, world, device,
         )  # fmt: skip
-        return round(scores[weight], 5)
+        scorer.weight = choose_weight(scores)
+        return round(scores[scorer.weight], 5)
 
     if eval_every > 0 and state is None:  # the SFT's figure on the same users: the bar to beat
         reference_ndcg = validate()
-        log.append({"event": "valid_reference", VALID_METRIC: reference_ndcg})
+        log.append(
+            {
+                "event": "valid_reference",
+                VALID_METRIC: reference_ndcg,
+                "rerank_weight": scorer.weight,
+            }
+        )
         if rank == 0:
-            print(f"[a2po] step 0 (SFT) valid NDCG@10 {reference_ndcg:.4f}", flush=True)
+            print(
+                f"[a2po] step 0 (SFT) valid NDCG@10 {reference_ndcg:.4f} (rerank {scorer.weight})",
+                flush=True,
+            )
 
     for step in range(start, n_steps):
         t_step = time.perf_counter()
@@ -527,23 +665,12 @@ def _train_loop(config: dict[str, Any]) -> None:
             histories=[prompts.histories[i] for i in idx],
             targets=torch.as_tensor(prompts.targets[idx]),
             items=torch.zeros(0, 0, dtype=torch.long),
+            positives=[prompts.positives[i] for i in idx] if prompts.positives else [],
         )
         # 1. rollout (no grad; generation uses the unwrapped model, DDP only matters for backward)
         t0 = time.perf_counter()
-        if rl.rollout == "beam":
-            items = beam_rollout(
-                model, batch.histories, item_tokens, rl.group_size, trie, token_map
-            )
-        else:
-            items, batch.topped_up = sample_rollout(
-                model, batch.histories, item_tokens, rl.group_size, trie, rl.temperature, gen,
-                token_map, rl.sample_oversample,
-            )  # fmt: skip
-        batch.items = torch.as_tensor(items)
-        with torch.no_grad():
-            batch.logp_ref = policy_log_probs(
-                reference, batch.histories, batch.items, item_tokens, token_map
-            )
+        draw_groups(model, reference, scorer, batch, rl, np.random.default_rng([seed, step, rank]))
+        items = batch.items.numpy()
         batch.timings["rollout_s"] = time.perf_counter() - t0
         # 2. rewards
         t0 = time.perf_counter()
@@ -553,6 +680,7 @@ def _train_loop(config: dict[str, Any]) -> None:
             item_values=config["item_value"],
             sasrec=sasrec,
             weights=rl.composite_weights,
+            positives=batch.positives or None,
         )
         r_biz = np.asarray(reward_fn(items, batch.targets.numpy(), env), dtype=np.float64)
         # The same rollouts under every reward the loaded models allow: which would leave groups
@@ -571,7 +699,7 @@ def _train_loop(config: dict[str, Any]) -> None:
         batch.judged, batch.advantages = torch.as_tensor(judged), torch.as_tensor(adv).float()
         # 4. update
         t0 = time.perf_counter()
-        sums = _update(model, optimizer, scheduler, batch, item_tokens, token_map, rl, device)
+        sums = update_policy(model, optimizer, scheduler, batch, scorer, rl)
         batch.timings["update_s"] = time.perf_counter() - t0
         batch.timings["step_s"] = time.perf_counter() - t_step
         # 5. telemetry + checkpoint
@@ -587,12 +715,12 @@ def _train_loop(config: dict[str, Any]) -> None:
                 "sem_sum": float(r_sem[sem_ok].sum()),
                 "sem_count": int(sem_ok.sum()),
                 "target_hits": int((items == batch.targets.numpy()[:, None]).any(1).sum()),
-                "topped_up": batch.topped_up,
+                "targets_added": batch.targets_added,
                 **by_reward_sums(by_reward),
             }
         )
         sums_all, times_all = reduce_step(sums, batch.timings, device, world)
-        extra: dict[str, Any] = {"world_size": world}
+        extra: dict[str, Any] = {"world_size": world, "lr": scheduler.get_last_lr()[0]}
         if semantic is not None and rank == 0:
             s = semantic.stats()
             extra.update(
@@ -609,10 +737,15 @@ def _train_loop(config: dict[str, Any]) -> None:
             t0 = time.perf_counter()
             record[VALID_METRIC] = validate()
             record["valid_s"] = round(time.perf_counter() - t0, 2)
+        record["rerank_weight"] = scorer.weight
         log.append(record)
         if rank == 0:
             telemetry.emit(log)
-            valid = f" valid NDCG@10 {record[VALID_METRIC]:.4f}" if validating else ""
+            valid = (
+                f" valid NDCG@10 {record[VALID_METRIC]:.4f} (rerank {scorer.weight})"
+                if validating
+                else ""
+            )
             print(
                 f"[a2po] step {done}/{n_steps} biz {record['reward_biz']} kl {record['kl']} "
                 f"const {record['constant_biz_share']} judged {record['judged_groups']} "
@@ -631,63 +764,10 @@ def _train_loop(config: dict[str, Any]) -> None:
                 checkpoint = None
                 if rank == 0:  # one writer; every rank still reports (a barrier)
                     save_checkpoint(tmp, model, tokenizer, token_map, optimizer, scheduler,
-                          done, done, log, save_cfg, rerank_weight=weight,
-                          valid_ndcg=record.get(VALID_METRIC))  # fmt: skip
+                          done, done, log, save_cfg, rerank_weight=scorer.weight,
+                          valid_ndcg=record.get(VALID_METRIC),
+                          extra_state={"rerank_weight": scorer.weight})  # fmt: skip
                     checkpoint = Checkpoint.from_directory(tmp)
                 ray.train.report(metrics, checkpoint=checkpoint)
         else:
             ray.train.report(record)
-
-
-def _update(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    batch: RolloutBatch,
-    item_tokens: np.ndarray,
-    token_map: np.ndarray,
-    rl: RlSection,
-    device: torch.device,
-) -> dict[str, float]:
-    """``rl.inner_updates`` optimizer steps on one rollout batch; returns summed loss figures.
-
-    The first inner update defines π_old (its log-probs, detached): with one inner update the
-    ratio is 1 and the step is the on-policy policy gradient; later ones are clipped as in PPO.
-    The true item rides along as an extra column when the NLL term is on, so one forward (one DDP
-    gradient sync) serves both terms.
-    """
-    assert batch.advantages is not None and batch.logp_ref is not None
-    g = batch.items.shape[1]
-    with_nll = rl.nll_weight > 0
-    cols = torch.cat([batch.items, batch.targets[:, None]], 1) if with_nll else batch.items
-    adv = batch.advantages.to(device).reshape(-1)
-    ref = batch.logp_ref.to(device).reshape(-1)
-    logp_old: torch.Tensor | None = None
-    sums = {"loss_sum": 0.0, "kl_sum": 0.0, "clip_sum": 0.0, "updates": 0.0}
-    model.train()
-    for _ in range(max(rl.inner_updates, 1)):
-        logp_all = policy_log_probs(model, batch.histories, cols, item_tokens, token_map)
-        logp = logp_all[:, :g].reshape(-1)
-        if logp_old is None:
-            logp_old = logp.detach()
-        parts = policy_loss(
-            logp,
-            logp_old,
-            ref,
-            adv,
-            clip_eps=rl.clip_eps,
-            kl_beta=rl.kl_beta,
-            nll=-logp_all[:, g] if with_nll else None,
-            nll_weight=rl.nll_weight,
-        )
-        optimizer.zero_grad(set_to_none=True)
-        parts.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), rl.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        sums["loss_sum"] += float(parts.loss.detach())
-        sums["kl_sum"] += parts.kl
-        sums["clip_sum"] += parts.clip_frac
-        sums["updates"] += 1
-    model.eval()
-    return sums

@@ -49,7 +49,7 @@ def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = Fa
     """
     from sgrec_ray import pipeline
     from sgrec_ray.ray_utils import ensure_ray
-    from sgrec_ray.rl.a2po import load_prompts, uses_judge
+    from sgrec_ray.rl.a2po import run_prompts, uses_judge
 
     started = time.time()
     ensure_ray(cfg)
@@ -75,7 +75,7 @@ def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = Fa
 
         semantic = start_reward_service(cfg)
     scorer = _Scorer(ctx, semantic)
-    prompts = load_prompts(ctx.path("data", schema.TRAIN_FILE), cfg.data.max_history)
+    prompts = run_prompts(ctx)
     sft_uri = ctx.require("sft")["outputs"]["model"]
     runs: dict[str, list[dict[str, Any]]] = {"sft": [scorer.score("sft", sft_uri)]}
     telemetry: dict[str, list[dict[str, Any]]] = {}

@@ -37,6 +37,9 @@ class RewardEnv:
     sasrec: Ranker | None = None  # SASRec's p(item | history) through the same predict() shape
     item_values: FloatArray | None = None  # float64 [n_items] business value; None = 1 for all
     weights: Mapping[str, float] = field(default_factory=dict)  # composite: rl.composite_weights
+    # [B] the items that earn the rule reward's hit (rl.positives_k: the true next item and the
+    # user's following training items); None = the true next item alone.
+    positives: Sequence[Sequence[int]] | None = None
 
 
 RewardFn = Callable[[IntArray, IntArray, RewardEnv], FloatArray]
@@ -48,14 +51,26 @@ def rank_penalties(group_size: int) -> FloatArray:
     return -discounts / discounts.sum()
 
 
-def rule_reward(items: IntArray, targets: IntArray, env: RewardEnv) -> FloatArray:
-    """1 for the true next item; in a group that contains it, wrong items get the rank penalty.
+def positive_mask(items: IntArray, targets: IntArray, env: RewardEnv) -> NDArray[np.bool_]:
+    """bool [B, G]: which rollouts are positives (``env.positives``, else the true next item)."""
+    items = np.asarray(items, dtype=np.int64)
+    if env.positives is None:
+        return np.asarray(items == np.asarray(targets, dtype=np.int64)[:, None])
+    return np.asarray(
+        [np.isin(row, list(pos)) for row, pos in zip(items, env.positives, strict=True)]
+    )
 
-    A group without the true item is all zeros: constant, so it carries no business signal
-    (its business advantage is 0). On sparse data that can be most groups — the report counts them.
+
+def rule_reward(items: IntArray, targets: IntArray, env: RewardEnv) -> FloatArray:
+    """1 for a positive (the true next item, or any of ``env.positives``); in a group that holds
+    one, wrong items get the rank penalty.
+
+    A group without a positive is all zeros: constant, so it carries no business signal (its
+    business advantage is 0). On sparse data that can be most groups — the report counts them;
+    ``rl.add_target`` puts the true item in every group.
     """
     items = np.asarray(items, dtype=np.int64)
-    hit = items == np.asarray(targets, dtype=np.int64)[:, None]
+    hit = positive_mask(items, targets, env)
     penalties = np.broadcast_to(rank_penalties(items.shape[1]), items.shape)
     has_hit = hit.any(axis=1, keepdims=True)
     return np.where(hit, 1.0, np.where(has_hit, penalties, 0.0))

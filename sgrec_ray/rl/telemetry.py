@@ -39,7 +39,7 @@ SUM_KEYS = (
     "sem_sum",
     "sem_count",
     "target_hits",
-    "topped_up",
+    "targets_added",
     "loss_sum",
     "kl_sum",
     "clip_sum",
@@ -128,7 +128,7 @@ def step_record(
         "judge_failed_groups": int(sums["judge_failed_groups"]),
         "judge_pairs": int(sums["judge_pairs"]),
         "nan_groups": int(sums["nan_groups"]),
-        "topped_up": int(sums["topped_up"]),
+        "targets_added": int(sums["targets_added"]),
         "rollouts_per_s": _ratio(rollouts, times["step_s"]),
         **{k: round(v, 4) for k, v in times.items()},
     }

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from sgrec_ray.generator.decode import item_log_probs
+from sgrec_ray.generator.decode import constrained_beam_search, item_log_probs
 from sgrec_ray.generator.model import build_model
 from sgrec_ray.rl.a2po import prompt_indices
 from sgrec_ray.rl.advantages import get_advantage
 from sgrec_ray.rl.groups import fuse_batch
-from sgrec_ray.rl.rollout import beam_rollout, policy_log_probs, sample_rollout
+from sgrec_ray.rl.rollout import policy_log_probs
 from sgrec_ray.sid.trie import SidTrie, SidVocab
 from tests.generator.gen_synthetic import make_item_tokens
 
@@ -28,32 +28,14 @@ def setup(request):
     return model, tokens, trie
 
 
-def _valid_distinct(items: np.ndarray, n_items: int, g: int) -> None:
-    assert items.shape[1] == g
-    assert ((items >= 0) & (items < n_items)).all()
-    assert all(len(set(row.tolist())) == g for row in items)
-
-
-def test_beam_rollout_gives_g_distinct_valid_items(setup):
-    model, tokens, trie = setup
-    items = beam_rollout(model, HISTORIES, tokens, 8, trie)
-    _valid_distinct(items, len(tokens), 8)
-
-
-def test_sample_rollout_gives_g_distinct_valid_items_and_counts_topups(setup):
-    model, tokens, trie = setup
-    gen = torch.Generator().manual_seed(0)
-    items, topped = sample_rollout(model, HISTORIES, tokens, 8, trie, 1.0, gen)
-    _valid_distinct(items, len(tokens), 8)
-    # A near-greedy temperature draws the same item again and again: the group is topped up.
-    cold, topped_cold = sample_rollout(model, HISTORIES, tokens, 8, trie, 1e-4, gen)
-    _valid_distinct(cold, len(tokens), 8)
-    assert topped_cold > 0 and topped_cold >= topped
-
-
 def test_policy_log_probs_match_teacher_forcing_per_user(setup):
     model, tokens, trie = setup
-    items = beam_rollout(model, HISTORIES, tokens, 5, trie)
+    items = np.asarray(
+        [
+            [i for i, _ in row]
+            for row in constrained_beam_search(model, HISTORIES, tokens, 5, 5, trie=trie)
+        ]
+    )
     batched = policy_log_probs(model, HISTORIES, torch.as_tensor(items), tokens)
     assert batched.requires_grad
     for b, hist in enumerate(HISTORIES):
