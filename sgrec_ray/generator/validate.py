@@ -41,6 +41,7 @@ def validation_rankings(
     """
     was_training = model.training
     model.eval()
+    beam_width = max(beam_width, k)  # as the endpoint widens its beam to k (Recommender.recommend)
     n_leaves = beam_width * trie.width[-1]
     leaves = constrained_beam_search(
         model,

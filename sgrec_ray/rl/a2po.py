@@ -416,11 +416,12 @@ def summarize(log: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
     if reference is not None or validated:
         best = max(validated, key=lambda r: r[VALID_METRIC]) if validated else {}
         if reference is not None and reference[VALID_METRIC] > best.get(VALID_METRIC, -math.inf):
-            best = {"step": 0, VALID_METRIC: reference[VALID_METRIC]}  # the SFT itself
+            best = {"step": 0, **reference}  # the SFT itself
         out["valid"] = {
             "sft": reference[VALID_METRIC] if reference else None,
             "best_step": best.get("step"),
             "best": best.get(VALID_METRIC),
+            "rerank_weight": best.get("rerank_weight"),  # what the exported checkpoint serves
             "by_step": {r["step"]: r[VALID_METRIC] for r in validated},
         }
     return out
