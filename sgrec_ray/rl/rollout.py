@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from sgrec_ray.generator.encoding import history_tokens, left_pad
+from sgrec_ray.generator.item_layout import ItemLayoutLM
 from sgrec_ray.generator.model import unwrap
 
 
@@ -59,16 +60,74 @@ def teacher_forced(
     item_tokens: np.ndarray,
     token_map: np.ndarray | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """One forward over ``[history, item]`` per (user, column) of items [B, C].
+    """One forward scoring every item of items [B, C] after its user's history, with gradient.
 
-    Returns (logits float32 [B*C, depth + 1, V_model] of the last depth + 1 columns, the item's
-    token ids in model ids int64 [B*C, depth]). Sequences are left-padded so every item's
-    ``depth`` tokens sit in the last columns; each is predicted by the column before it, and the
-    first of those columns (the history's end) is where item-level scores are read.
+    Returns (logits float32 [B*C, depth + 1, V_model] — the history's last column, then each of the
+    item's tokens —, the item's token ids in model ids int64 [B*C, depth]). Column j predicts
+    token j, so the first column (the history's end) is also where item-level scores are read.
     ``model`` may be DDP-wrapped: calling the wrapper (not ``unwrap``) is what lets DDP sync the
     gradients of this forward.
+
+    Token layout: one row per *user*, ``[history, item_1, …, item_C]`` with a 4-D mask letting each
+    item's tokens see the history and their own earlier tokens only (the tree decoding of
+    ``generator.decode`` without a cache), so the history runs once per user, not once per item —
+    ~G times fewer tokens for a G-item group. Item layout: one row per (user, item).
     """
     item_tokens = np.asarray(item_tokens, dtype=np.int64)
+    net = unwrap(model)
+    if isinstance(net, ItemLayoutLM):
+        return _per_item(model, histories, items, item_tokens, token_map)
+    depth = item_tokens.shape[1]
+    b, c = items.shape
+    flat = items.cpu().numpy()
+    hist = [history_tokens(h, item_tokens) for h in histories]
+    n_hist = max(len(h) for h in hist)
+    tail = c * depth
+    width = n_hist + tail
+    ids = np.zeros((b, width), dtype=np.int64)  # PAD = 0
+    pos = np.zeros((b, width), dtype=np.int64)
+    seen = np.zeros((b, width), dtype=bool)  # real history columns
+    for row, h in enumerate(hist):
+        ids[row, n_hist - len(h) : n_hist] = h
+        pos[row, n_hist - len(h) : n_hist] = np.arange(len(h))
+        seen[row, n_hist - len(h) : n_hist] = True
+        ids[row, n_hist:] = item_tokens[flat[row]].reshape(-1)
+        pos[row, n_hist:] = len(h) + np.tile(np.arange(depth), c)
+    # Who may attend to whom: causal over the history; an item's token sees the history and its
+    # own item's earlier tokens; a padding column sees itself (so no softmax row is empty).
+    q = np.arange(width)
+    causal = q[None, :] <= q[:, None]  # [T, T]
+    allowed = np.broadcast_to(causal, (b, width, width)) & seen[:, None, :]
+    group = np.where(q >= n_hist, (q - n_hist) // depth, -1)  # item slot of each column
+    same_item = (group[:, None] == group[None, :]) & (group[:, None] >= 0) & causal
+    allowed = allowed | same_item[None] | np.eye(width, dtype=bool)[None]
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    mask = torch.zeros((b, 1, width, width), dtype=dtype, device=device)
+    mask = mask.masked_fill(~torch.from_numpy(allowed)[:, None].to(device), torch.finfo(dtype).min)
+    ids_t = torch.from_numpy(token_map[ids] if token_map is not None else ids).to(device)
+    out = model(
+        input_ids=ids_t,
+        attention_mask=mask,
+        position_ids=torch.from_numpy(pos).to(device),
+        **logits_kwargs(model, tail + 1),
+    )
+    logits = out.logits[:, -tail - 1 :].float()  # [B, 1 + C*depth, V]: history end, then items
+    per_item = logits[:, 1:].reshape(b, c, depth, -1)
+    first = logits[:, :1, None].expand(b, c, 1, logits.shape[-1])
+    cols = torch.cat([first, per_item], dim=2).reshape(b * c, depth + 1, -1)
+    target = ids_t[:, n_hist:].reshape(b * c, depth)
+    return cols, target
+
+
+def _per_item(
+    model: torch.nn.Module,
+    histories: Sequence[Sequence[int]],
+    items: Tensor,
+    item_tokens: np.ndarray,
+    token_map: np.ndarray | None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`teacher_forced` with one left-padded row per (user, item)."""
     depth = item_tokens.shape[1]
     c = items.shape[1]
     flat = items.reshape(-1).cpu().numpy()

@@ -68,24 +68,30 @@ def _pays_for(fixed: np.ndarray, sign: float = 1.0) -> Reward:
     return lambda items: sign * (items == fixed[:, None]).astype(float)
 
 
-def test_a_reward_for_one_item_raises_it_to_rank_1_of_the_served_ranking():
-    model, reference, scorer, optimizer, scheduler = _fresh()
-    fixed = _served(model, scorer)[:, -1]  # per user, the item the policy ranks last of G
+def _steps_until(done: Callable[[np.ndarray], bool], reward: Reward, policy) -> int | None:
+    """RL steps until ``done(served top-G)`` holds (its step count), None if not in MAX_STEPS."""
+    model, reference, scorer, optimizer, scheduler = policy
     for step in range(1, MAX_STEPS + 1):
-        _step(model, reference, scorer, optimizer, scheduler, _pays_for(fixed))
-        if (_served(model, scorer)[:, 0] == fixed).all():
-            break
-    assert (_served(model, scorer)[:, 0] == fixed).all(), f"not first after {step} steps"
+        _step(model, reference, scorer, optimizer, scheduler, reward)
+        if done(_served(model, scorer)):
+            return step
+    return None
+
+
+def test_a_reward_for_one_item_raises_it_to_rank_1_of_the_served_ranking():
+    policy = _fresh()
+    fixed = _served(policy[0], policy[2])[:, -1]  # per user, the item it ranks last of G
+    steps = _steps_until(lambda top: bool((top[:, 0] == fixed).all()), _pays_for(fixed), policy)
+    assert steps is not None, f"the rewarded item is not first after {MAX_STEPS} steps"
 
 
 def test_the_negated_reward_pushes_the_item_out_of_the_top_g():
-    model, reference, scorer, optimizer, scheduler = _fresh()
-    fixed = _served(model, scorer)[:, 0]  # per user, the item the policy ranks first
-    for step in range(1, MAX_STEPS + 1):
-        _step(model, reference, scorer, optimizer, scheduler, _pays_for(fixed, -1.0))
-        if not (_served(model, scorer) == fixed[:, None]).any():
-            break
-    assert not (_served(model, scorer) == fixed[:, None]).any(), f"still shown after {step} steps"
+    policy = _fresh()
+    fixed = _served(policy[0], policy[2])[:, 0]  # per user, the item it ranks first
+    steps = _steps_until(
+        lambda top: not (top == fixed[:, None]).any(), _pays_for(fixed, -1.0), policy
+    )
+    assert steps is not None, f"the penalised item is still shown after {MAX_STEPS} steps"
 
 
 def _params(model: torch.nn.Module) -> list[torch.Tensor]:

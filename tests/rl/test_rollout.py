@@ -74,3 +74,17 @@ def test_fuse_batch_handles_and_counts_degenerate_groups():
     assert np.allclose(adv[3], grpo(biz[3], None))  # failed judge → business only
     assert stats.judged_rollouts == 4 and 0 <= stats.lam_sum <= 4
     assert stats.constant_biz_share == pytest.approx(1 / 4)
+
+
+def test_one_row_per_user_scores_equal_one_row_per_item():
+    """The tree forward (history once, every item after it under a 4-D mask) gives the plain
+    per-item teacher forcing's logits."""
+    from sgrec_ray.rl.rollout import _per_item, teacher_forced
+
+    tokens = make_item_tokens(24)
+    model = build_model("tiny", int(tokens.max()) + 1, seed=0).eval()
+    items = torch.as_tensor(np.random.default_rng(0).permutation(24)[:20].reshape(4, 5))
+    tree, tree_ids = teacher_forced(model, HISTORIES, items, tokens)
+    plain, plain_ids = _per_item(model, HISTORIES, items, tokens, None)
+    assert torch.equal(tree_ids, plain_ids)
+    assert torch.allclose(tree, plain, atol=1e-4)
