@@ -353,7 +353,7 @@ class RankerSection:
 class RlSection:
     """A2PO and its ablations: group policy optimisation of the SFT generator."""
 
-    advantage: Literal["grpo", "reward_sum", "adv_sum", "a2po"] = "a2po"
+    advantage: str = "a2po"  # a name in sgrec_ray.rl.advantages.ADVANTAGES (the stage checks it)
     business_reward: str = "ranker"  # a name in sgrec_ray.rl.rewards.BUSINESS_REWARDS
     # business_reward=composite: Σ weight × reward over these (rule | ranker | sasrec), raw. rule is
     # MiniOneRec's (1 for the true next item, rank penalties beside it, 0 in groups without it);
@@ -398,11 +398,23 @@ class RlSection:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     max_failures: int = 2
-    # sgrec experiment: seeds of every RL arm, the semantic-rate study, and how many eval users get
-    # their top-10 judged by the PSJ (judge calls cost ~users x 10 per arm; the cache is shared).
+
+
+@dataclass
+class ExperimentSection:
+    """``sgrec experiment``: every RL arm (the ADVANTAGES registry) over seeds, paired with SFT.
+
+    Its own section, so changing seeds or rates never invalidates the a2po stage.
+    """
+
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    study_rates: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.2, 1.0])
+    semantic_rate: float | None = None  # the arms' share of judged groups; None = rl.semantic_rate
+    study_rates: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.2, 1.0])  # A2PO, seed 0
+    # Eval users whose top-10 the PSJ scores (judge@10; judge calls ~ users x 10 per arm, cached).
     judge_eval_users: int = 50
+    # The judge engine of the experiment's semantic reward; None = judge.engine. The embedded
+    # default uses `embedding` (~700 pairs/s): the LLM judge at rate 1 would take hours on a CPU.
+    judge_engine: str | None = None
 
 
 @dataclass
@@ -470,6 +482,7 @@ class Config:
     serve: ServeSection = field(default_factory=ServeSection)
     ranker: RankerSection = field(default_factory=RankerSection)
     rl: RlSection = field(default_factory=RlSection)
+    experiment: ExperimentSection = field(default_factory=ExperimentSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

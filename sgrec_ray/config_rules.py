@@ -198,9 +198,10 @@ RANGES: dict[str, Range] = {
     "rl.sample_pool": Range(2),  # 1 would be rollout=served
     "rl.positives_k": COUNT,
     "rl.warmup_ratio": Range(0, 1, hi_open=True),
-    "rl.seeds": SEED,
-    "rl.study_rates": UNIT,
-    "rl.judge_eval_users": NONNEG,
+    "experiment.seeds": SEED,
+    "experiment.semantic_rate": UNIT,  # None = rl.semantic_rate
+    "experiment.study_rates": UNIT,
+    "experiment.judge_eval_users": NONNEG,
     "rl.composite_weights": NONNEG,  # each weight; the rules below need one above zero
     "serve.port": Range(1, 65535),
     "serve.beam_width": COUNT,

@@ -1,4 +1,5 @@
-"""``sgrec experiment CONFIG``: SFT vs GRPO(biz) vs Reward-Sum vs Adv-Sum vs A2PO, over seeds.
+"""``sgrec experiment CONFIG``: SFT vs every registered advantage (GRPO, Reward-Sum, Adv-Sum,
+A2PO), over ``experiment.seeds``.
 
 Recipe: run (or reuse) the shared stages of the base run once — data, sasrec, sid, sft, eval, ranker,
 judge, aggregate — then train each RL arm x seed with :func:`sgrec_ray.rl.a2po.train_policy` into
@@ -8,11 +9,13 @@ because it wrote ``result.json``), score every model the same way, and write
 
 Measures per model, on the eval split (first configured eval setting):
 HR@{5,10}, NDCG@{5,10}; ``judge@10``: mean PSJ holistic score of the top-10 for the first
-``rl.judge_eval_users`` users (the judge that trained the semantic arms — biased towards them);
+``experiment.judge_eval_users`` users (the judge that trained the semantic arms — biased towards them);
 ``genre@10``: share of top-10 items sharing a genre with the user's held-out target when the user
 liked it (rating >= ranker.positive_min_rating) — independent of the judge; ``pctr@10``: the business
 ranker's mean pCTR of the top-10 (what the business reward optimises).
-Then the semantic-rate study: A2PO at each ``rl.study_rates`` for the first seed.
+Then the semantic-rate study: A2PO at each ``experiment.study_rates`` for the first seed. Every arm
+is paired with SFT over the same users (HR/NDCG at 1, 5, 10), and ``best_vs_sft`` names the arm
+validation ranks best with its paired test difference from SFT.
 """
 
 from __future__ import annotations
@@ -29,13 +32,15 @@ from sgrec_ray.config import Config
 from sgrec_ray.data import schema
 from sgrec_ray.data.items import genre_matrix
 from sgrec_ray.plots import pyplot, save_png
+from sgrec_ray.rl.advantages import ADVANTAGES
 from sgrec_ray.rl.experiment_report import KEYS, STAGE, fmt_mean_std
 from sgrec_ray.rl.rewards import reward_models
 from sgrec_ray.runs import RunContext, StageResult, resolve_adapter, write_manifest
 
 log = logging.getLogger(__name__)
 
-ARMS = ("grpo", "reward_sum", "adv_sum", "a2po")
+ARMS = tuple(ADVANTAGES)  # every registered advantage is an arm; GRPO first (the baseline)
+PAIRED_KS = (1, 5, 10)  # RL often trades the tail of the list for its head: pair at every depth
 RESULT_FILE = "result.json"
 
 
@@ -54,11 +59,15 @@ def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = Fa
     started = time.time()
     ensure_ray(cfg)
     cfg = resolve_adapter(cfg)  # judge.adapter: align → this run's aligned judge
+    ex = cfg.experiment
+    if ex.judge_engine is not None:
+        cfg = dataclasses.replace(cfg, judge=dataclasses.replace(cfg.judge, engine=ex.judge_engine))
+    rate = cfg.rl.semantic_rate if ex.semantic_rate is None else ex.semantic_rate
     ctx = RunContext(cfg)
     judge_needed = any(
-        uses_judge(dataclasses.replace(cfg.rl, advantage=a, semantic_rate=r))  # type: ignore[arg-type]
+        uses_judge(dataclasses.replace(cfg.rl, advantage=a, semantic_rate=r))
         for a in ARMS
-        for r in [cfg.rl.semantic_rate, *cfg.rl.study_rates]
+        for r in [rate, *ex.study_rates]
     )
     if semantic is None and judge_needed:  # fail in seconds, not after the shared stages ran
         from sgrec_ray.judge.checks import require_in_process
@@ -80,16 +89,20 @@ def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = Fa
     runs: dict[str, list[dict[str, Any]]] = {"sft": [scorer.score("sft", sft_uri)]}
     telemetry: dict[str, list[dict[str, Any]]] = {}
     for arm in ARMS:
-        for seed in cfg.rl.seeds:
-            result = _arm(ctx, scorer, prompts, arm, seed, cfg.rl.semantic_rate, semantic, force)
+        for seed in ex.seeds:
+            result = _arm(ctx, scorer, prompts, arm, seed, rate, semantic, force)
             runs.setdefault(arm, []).append(result)
-            if seed == cfg.rl.seeds[0]:
+            if seed == ex.seeds[0]:
                 telemetry[arm] = _telemetry(result["uri"])
     study = []
-    for rate in cfg.rl.study_rates:
-        result = _arm(ctx, scorer, prompts, "a2po", cfg.rl.seeds[0], rate, semantic, force)
-        study.append(_study_row(rate, result))
-    full = next((r for r in study if r["semantic_rate"] == max(cfg.rl.study_rates)), None)
+    for study_rate in ex.study_rates:
+        result = _arm(ctx, scorer, prompts, "a2po", ex.seeds[0], study_rate, semantic, force)
+        study.append(_study_row(study_rate, result))
+    study_rates = [rate, *ex.study_rates]
+    main_row = _study_row(rate, runs["a2po"][0]) if rate not in ex.study_rates else None
+    if main_row is not None:  # the main arms' rate is a point of the study too
+        study = sorted([*study, main_row], key=lambda r: r["semantic_rate"])
+    full = next((r for r in study if r["semantic_rate"] == max(study_rates)), None)
     for row in study:
         row["hr@10_vs_full"] = _safe_div(row["hr@10"], full["hr@10"]) if full else None
         row["judge_pairs_vs_full"] = (
@@ -99,9 +112,8 @@ def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = Fa
     for name, rows in runs.items():
         if name != "sft":
             methods[name]["vs_sft"] = paired_vs(rows, runs["sft"])
-            methods[name]["best_steps"] = [
-                ((r.get("train") or {}).get("valid") or {}).get("best_step") for r in rows
-            ]
+            methods[name]["best_steps"] = [_valid(r).get("best_step") for r in rows]
+            methods[name]["valid_ndcg@10"] = _mean([_valid(r).get("best") for r in rows])
     if "a2po" in runs and "grpo" in runs:
         methods["a2po"]["vs_grpo"] = paired_vs(runs["a2po"], runs["grpo"])
     plots = _plots(ctx, methods, study, telemetry)
@@ -109,8 +121,11 @@ def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = Fa
         "setting": scorer.setting,
         "users": scorer.n_users,
         "judge_eval_users": scorer.judge_users,
-        "seeds": list(cfg.rl.seeds),
+        "seeds": list(ex.seeds),
+        "semantic_rate": rate,
+        "judge_engine": cfg.judge.engine,
         "methods": methods,
+        "best_vs_sft": best_vs_sft(methods),
         "semantic_rate_study": study,
         "constant_biz_share": {a: _mean_key(t, "constant_biz_share") for a, t in telemetry.items()},
         "rule_constant_biz_share": _rule_constant_share(telemetry),
@@ -124,7 +139,7 @@ def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = Fa
             + sum(
                 r.get("train_wall_s") or 0.0
                 for r in study
-                if r["semantic_rate"] != cfg.rl.semantic_rate  # that one is the a2po seed-0 arm
+                if r["semantic_rate"] != rate  # that one is the a2po seed-0 arm
             ),
             1,
         ),
@@ -137,19 +152,58 @@ def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = Fa
 
 
 def paired_vs(
-    rows: list[dict[str, Any]], base: list[dict[str, Any]], k: int = 10
+    rows: list[dict[str, Any]], base: list[dict[str, Any]], ks: tuple[int, ...] = PAIRED_KS
 ) -> dict[str, list[float]] | None:
     """HR@k / NDCG@k of one method minus another on the same users, each averaged over its seeds:
-    ``{"hr@10": [difference, standard error], …}`` (paired, :func:`~sgrec_ray.eval.metrics.
-    paired_difference`). None when a run was scored before its per-user ranks were kept."""
+    ``{"hr@10": [difference, standard error], …}`` for every k of ``ks`` (paired,
+    :func:`~sgrec_ray.eval.metrics.paired_difference`). None when a run was scored before its
+    per-user ranks were kept."""
     from sgrec_ray.eval.metrics import paired_difference
 
     if any(r.get("ranks") is None for r in (*rows, *base)):
         return None
-    diff = paired_difference(
-        [np.asarray(r["ranks"]) for r in rows], [np.asarray(r["ranks"]) for r in base], k
-    )
-    return {key: [round(d, 6), round(se, 6)] for key, (d, se) in diff.items()}
+    out = {}
+    for k in ks:
+        diff = paired_difference(
+            [np.asarray(r["ranks"]) for r in rows], [np.asarray(r["ranks"]) for r in base], k
+        )
+        out.update({key: [round(d, 6), round(se, 6)] for key, (d, se) in diff.items()})
+    return out
+
+
+def _valid(row: dict[str, Any]) -> dict[str, Any]:
+    return (row.get("train") or {}).get("valid") or {}
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(float(np.mean(known)), 6) if known else None
+
+
+def best_vs_sft(methods: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The arm validation ranks best (mean over seeds of each seed's best validated NDCG@10; test
+    never chooses) and its paired test difference from SFT: ``{"arm", "ndcg@10": [d, se],
+    "hr@10": [d, se], "valid_ndcg@10", "ndcg@10_ratio"}``."""
+    arms = {
+        name: m
+        for name, m in methods.items()
+        if name != "sft" and m.get("valid_ndcg@10") is not None
+    }
+    if not arms:
+        return None
+    name = max(arms, key=lambda a: arms[a]["valid_ndcg@10"])
+    vs = arms[name].get("vs_sft") or {}
+    sft_ndcg = (methods.get("sft") or {}).get("ndcg@10")
+    ratio = None
+    if vs.get("ndcg@10") and sft_ndcg:
+        ratio = round((sft_ndcg + vs["ndcg@10"][0]) / sft_ndcg, 4)
+    return {
+        "arm": name,
+        "ndcg@10": vs.get("ndcg@10"),
+        "hr@10": vs.get("hr@10"),
+        "valid_ndcg@10": arms[name]["valid_ndcg@10"],
+        "ndcg@10_ratio": ratio,
+    }
 
 
 def _safe_div(a: float | None, b: float | None) -> float | None:
@@ -171,10 +225,10 @@ def _arm(
     from sgrec_ray.rl.ranker import item_values
 
     cfg = ctx.cfg
-    rl = dataclasses.replace(cfg.rl, advantage=arm, semantic_rate=rate)  # type: ignore[arg-type]
+    rl = dataclasses.replace(cfg.rl, advantage=arm, semantic_rate=rate)
     arm_cfg = dataclasses.replace(cfg, rl=rl, run=dataclasses.replace(cfg.run, seed=seed))
     models = reward_models(rl.business_reward, rl.composite_weights)
-    name = f"{arm}-seed{seed}" + ("" if rate == cfg.rl.semantic_rate else f"-rate{rate:g}")
+    name = f"{arm}-seed{seed}-rate{rate:g}"
     if arm == "grpo":  # grpo ignores semantics: one run serves every rate
         name = f"{arm}-seed{seed}"
     uri = ctx.path(STAGE, name)
@@ -223,7 +277,7 @@ class _Scorer:
         self.n_items = items.num_rows
         self.genres = genre_matrix(items) if "genres" in items.column_names else None
         self.liked = self._liked_targets()
-        self.judge_users = min(cfg.rl.judge_eval_users, self.n_users) if semantic else 0
+        self.judge_users = min(cfg.experiment.judge_eval_users, self.n_users) if semantic else 0
         self.ranker = None
         models = reward_models(cfg.rl.business_reward, cfg.rl.composite_weights)
         if "ranker" in models and ctx.manifest("ranker"):
@@ -473,7 +527,7 @@ def reading(
         )
         return f"{a} {fmt_mean_std(ma, key)} vs {b} {fmt_mean_std(mb, key)} on {key}: {verdict}"
 
-    n = len(cfg.rl.seeds)
+    n = len(cfg.experiment.seeds)
     lines = [
         f"Claim 1 (A2PO improves on SFT): {cmp('a2po', 'sft', 'hr@10')}; {cmp('a2po', 'sft', 'ndcg@10')}.",
         f"Claim 2 (A2PO improves on Adv-Sum): {cmp('a2po', 'adv_sum', 'hr@10')}; "

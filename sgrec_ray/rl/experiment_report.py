@@ -15,7 +15,7 @@ from sgrec_ray.runs import RunContext
 
 STAGE = "experiment"
 # Measures of every model in the experiment table, in column order.
-KEYS = ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "judge@10", "genre@10", "pctr@10")
+KEYS = ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "judge@10", "genre@10", "pctr@10")
 
 
 def report_section(ctx: RunContext) -> dict[str, Any] | None:
@@ -51,6 +51,8 @@ def render_markdown(section: dict[str, Any], plots: dict[str, str]) -> str:
         "",
         format_experiment_table(section),
         "",
+        best_line(section.get("best_vs_sft")),
+        "",
         f"Constant-business group share during training (seed 0): "
         f"{section.get('constant_biz_share')}; with the `rule` reward it would be "
         f"{section.get('rule_constant_biz_share')} (groups without the true item).",
@@ -85,8 +87,9 @@ def fmt_mean_std(m: dict[str, Any], key: str) -> str:
 
 def format_experiment_table(metrics: dict[str, Any]) -> str:
     """Markdown table: one row per method, mean ± std per measure, then the paired difference to
-    SFT on NDCG@10 and HR@10 (± its standard error over users) and each seed's best validated step."""
-    extra = ("NDCG@10 − SFT (paired)", "HR@10 − SFT (paired)", "best valid step")
+    SFT on NDCG@10, HR@10, NDCG@5 and HR@1 (± its standard error over users) and each seed's best validated step."""
+    paired = ("ndcg@10", "hr@10", "ndcg@5", "hr@1")
+    extra = (*(f"{k.upper()} − SFT (paired)" for k in paired), "best valid step")
     head = "| method | runs | " + " | ".join((*KEYS, *extra)) + " |"
     lines = [head, "|" + "---|" * (len(KEYS) + len(extra) + 2)]
     for name, m in metrics.get("methods", {}).items():
@@ -96,8 +99,7 @@ def format_experiment_table(metrics: dict[str, Any]) -> str:
         steps = m.get("best_steps")
         cells = [
             *(fmt_mean_std(m, k) for k in KEYS),
-            fmt_difference(vs, "ndcg@10"),
-            fmt_difference(vs, "hr@10"),
+            *(fmt_difference(vs, k) for k in paired),
             ", ".join("–" if s is None else str(s) for s in steps) if steps else "–",
         ]
         lines.append(f"| {name} | {m.get('runs')} | " + " | ".join(cells) + " |")
@@ -143,3 +145,16 @@ def constant_share_lines(shares: dict[str, float] | None) -> list[str]:
         f"cannot update them; rewards whose model the run loaded): {cells}.",
         "",
     ]
+
+
+def best_line(best: dict[str, Any] | None) -> str:
+    """The arm validation ranks best, against SFT on test, paired over users."""
+    if not best or not best.get("ndcg@10"):
+        return "Best arm by validation: not measured (no validated arm with per-user ranks)."
+    d, se = best["ndcg@10"]
+    dh, seh = best["hr@10"]
+    return (
+        f"Best arm by validation NDCG@10 ({best['valid_ndcg@10']}): **{best['arm']}**; on test, "
+        f"paired with SFT over the same users: NDCG@10 {d:+.4f} ± {se:.4f} "
+        f"({best['ndcg@10_ratio']}× SFT), HR@10 {dh:+.4f} ± {seh:.4f}."
+    )

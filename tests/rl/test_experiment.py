@@ -60,9 +60,9 @@ def test_experiment_writes_table_study_and_reading(rl_base):
             "rl.users_per_step=4",
             "rl.group_size=4",
             "rl.semantic_rate=0.5",
-            "rl.seeds=[0]",  # means and stds over seeds: test_mean_std_over_seeds
-            "rl.study_rates=[0.0,0.5]",
-            "rl.judge_eval_users=5",
+            "experiment.seeds=[0]",  # means and stds over seeds: test_mean_std_over_seeds
+            "experiment.study_rates=[0.0,0.5]",
+            "experiment.judge_eval_users=5",
         ],
     )
     metrics = run_experiment(ctx.cfg, semantic=FakeSemantic())
@@ -80,14 +80,21 @@ def test_experiment_writes_table_study_and_reading(rl_base):
     assert any("Claim 1" in line for line in metrics["reading"])
     # Every arm is compared with SFT paired over the same users, and says its best validated step.
     for name in ARMS:
-        assert set(methods[name]["vs_sft"]) == {"hr@10", "ndcg@10"}
+        assert set(methods[name]["vs_sft"]) == {
+            f"{m}@{k}" for m in ("hr", "ndcg") for k in (1, 5, 10)
+        }
         assert len(methods[name]["best_steps"]) == 1
     assert any(line.startswith("A2PO − SFT, paired") for line in metrics["reading"])
     # Arms live under <run>/experiment/<arm>-seed<k>/ and reuse the base run's shared stages.
-    assert storage.exists(ctx.path("experiment", "a2po-seed0", "result.json"))
+    assert storage.exists(ctx.path("experiment", "a2po-seed0-rate0.5", "result.json"))
     assert storage.exists(ctx.path("experiment", "a2po-seed0-rate0", "result.json"))
+    # The arm validation ranks best, against SFT on test, paired (never chosen by test).
+    best = metrics["best_vs_sft"]
+    assert best["arm"] in ARMS and len(best["ndcg@10"]) == 2 and len(best["hr@10"]) == 2
+    assert best["valid_ndcg@10"] == max(methods[a]["valid_ndcg@10"] for a in ARMS)
     report = storage.read_json(storage.join(ctx.run_uri, REPORT_JSON))
     assert set(ARMS) <= set(report["experiment"]["methods"])
+    assert report["experiment"]["best_vs_sft"] == best
     assert report["experiment"]["semantic_rate_study"]
     md = storage.read_text(storage.join(ctx.run_uri, REPORT_MD))
     assert "Semantic-rate study" in md and "experiment/methods.png" in md
