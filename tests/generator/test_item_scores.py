@@ -96,6 +96,7 @@ def test_reranked_search_orders_the_beams_leaves_by_the_blend(model, item_tokens
 
 
 def test_validation_scores_every_weight_like_the_search_would(model, item_tokens):
+    """Like the endpoint (``Recommender.recommend``), validation widens a beam narrower than k."""
     trie = SidTrie.from_tokens(item_tokens, SidVocab.infer(item_tokens))
     targets = [4, 0, 11, 19, 3]
     tmap = np.arange(vocab_size())
@@ -104,7 +105,7 @@ def test_validation_scores_every_weight_like_the_search_would(model, item_tokens
     )
     for w, value in got.items():
         found = constrained_beam_search(
-            model, HISTORIES, item_tokens, beam_width=6, k=10, rerank_weight=w, trie=trie
+            model, HISTORIES, item_tokens, beam_width=10, k=10, rerank_weight=w, trie=trie
         )
         ranked = [[i for i, _ in r] for r in found]
         assert value == pytest.approx(ndcg(target_ranks(ranked, targets), 10), abs=1e-9)

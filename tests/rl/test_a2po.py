@@ -212,14 +212,19 @@ def test_epoch_budget_validation_and_best_step_export(rl_base, tmp_path):
     else:
         assert meta["valid_ndcg"] == max(by_step.values()) == m["valid"]["best"]
         assert by_step[meta["step"]] == max(by_step.values()) == by_step[m["valid"]["best_step"]]
-    assert meta["rerank_weight"] == sft_meta["rerank_weight"]
+    # Each validation re-chose the weight; the export carries the chosen step's.
+    assert meta["rerank_weight"] == m["valid"]["rerank_weight"]
 
 
 def test_the_sft_is_a_candidate_for_the_exported_step():
-    ref = {"event": "valid_reference", "valid_ndcg@10": 0.07326}
-    steps = [{"step": 10, "valid_ndcg@10": 0.0729}, {"step": 20, "valid_ndcg@10": 0.07308}]
+    ref = {"event": "valid_reference", "valid_ndcg@10": 0.07326, "rerank_weight": 0.5}
+    steps = [
+        {"step": 10, "valid_ndcg@10": 0.0729, "rerank_weight": 0.25},
+        {"step": 20, "valid_ndcg@10": 0.07308, "rerank_weight": 0.5},
+    ]
     assert summarize([ref, *steps], 1.0)["valid"] == {
-        "sft": 0.07326, "best_step": 0, "best": 0.07326, "by_step": {10: 0.0729, 20: 0.07308},
+        "sft": 0.07326, "best_step": 0, "best": 0.07326, "rerank_weight": 0.5,
+        "by_step": {10: 0.0729, 20: 0.07308},
     }  # fmt: skip
     better = [*steps, {"step": 30, "valid_ndcg@10": 0.074}]
     assert summarize([ref, *better], 1.0)["valid"]["best_step"] == 30
