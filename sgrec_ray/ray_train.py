@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import pyarrow.fs as pafs
+import ray.train
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
@@ -124,3 +125,11 @@ def checkpoint_dir(checkpoint: Checkpoint) -> Iterator[str]:
         local = os.path.join(tmp, "checkpoint")
         checkpoint.to_directory(local)
         yield local
+
+
+def inject_test_failure() -> None:
+    """Test-only (SFT, A2PO, align): die like a lost worker, once the previous checkpoint is
+    registered."""
+    ray.train.get_all_reported_checkpoints(timeout_s=60)
+    print("[train] test fault injection: worker exits now", flush=True)
+    os._exit(1)

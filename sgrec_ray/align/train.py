@@ -241,7 +241,7 @@ def train_loop(config: dict[str, Any]) -> None:
             )
             history.append(metrics)
         if config.get("fail_at_step") == step and checkpoint is None and rank == 0:
-            from sgrec_ray.generator.sft import inject_test_failure
+            from sgrec_ray.ray_train import inject_test_failure
 
             inject_test_failure()
         if step % every and step < total:

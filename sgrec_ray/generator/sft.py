@@ -23,7 +23,6 @@ import json
 import math
 import os
 import resource
-import shutil
 import tempfile
 import time
 from typing import Any
@@ -40,28 +39,27 @@ from transformers import get_cosine_schedule_with_warmup
 from sgrec_ray import storage
 from sgrec_ray.config import Config
 from sgrec_ray.data.schema import TRAIN_FILE, VALID_FILE
+from sgrec_ray.generator.checkpoint import (
+    MODEL_DIR,
+    TRAIN_LOG_FILE,
+    export_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from sgrec_ray.generator.encoding import collate, item_labels, split_windows, training_example
-from sgrec_ray.generator.item_layout import ItemLayoutLM
 from sgrec_ray.generator.item_scores import incidence, item_loss
 from sgrec_ray.generator.model import (
-    TRAIN_STATE_FILE,
-    GeneratorMeta,
     add_dropout,
     build_model,
     identity_map,
-    load_model_dir,
     load_pretrained,
     param_groups,
-    save_generator,
-    unwrap,
 )
 from sgrec_ray.generator.validate import choose_weight, validate_on_rank0
-from sgrec_ray.ray_train import checkpoint_dir, fit, load_state, make_trainer
+from sgrec_ray.ray_train import fit, inject_test_failure, make_trainer
 from sgrec_ray.runs import RunContext, StageResult, fingerprint
 
 STAGE = "sft"
-MODEL_DIR = "model"
-TRAIN_LOG_FILE = "train_log.jsonl"
 FAIL_ENV = "SGREC_TEST_FAIL_AFTER_EPOCH"
 VALID_METRIC = "valid_ndcg@10"
 
@@ -256,49 +254,6 @@ def _fresh_model(config: dict[str, Any]) -> tuple[torch.nn.Module, Any, np.ndarr
     return model, None, identity_map(vocab_size)
 
 
-def export_checkpoint(
-    checkpoint: Checkpoint, model_uri: str, log_from: Checkpoint | None = None
-) -> list[dict[str, Any]]:
-    """Copy a finished run's checkpoint, minus optimizer state and log, to ``model_uri``; return the log.
-
-    The exported folder is a plain generator checkpoint (:func:`load_generator` reads it); SFT and
-    A2PO both finish this way. ``log_from``: a later checkpoint whose log to return instead (the
-    best epoch's own log stops at that epoch).
-    """
-    with checkpoint_dir(checkpoint) as ckpt_dir, tempfile.TemporaryDirectory() as tmp:
-        export = os.path.join(tmp, MODEL_DIR)
-        shutil.copytree(ckpt_dir, export, ignore=shutil.ignore_patterns(TRAIN_STATE_FILE))
-        log = _read_log(os.path.join(export, TRAIN_LOG_FILE))
-        os.remove(os.path.join(export, TRAIN_LOG_FILE))
-        storage.delete_dir(model_uri)
-        storage.upload_dir(export, model_uri)
-    if log_from is not None and log_from.path != checkpoint.path:
-        with checkpoint_dir(log_from) as later:
-            log = _read_log(os.path.join(later, TRAIN_LOG_FILE))
-    return log
-
-
-def _read_log(path: str) -> list[dict[str, Any]]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def restore_checkpoint(
-    ckpt: Checkpoint,
-) -> tuple[torch.nn.Module, Any, dict[str, Any], list[dict[str, Any]]]:
-    """(model, tokenizer or None, train state, log) from a Ray Train checkpoint, on a worker."""
-    with checkpoint_dir(ckpt) as d:
-        model = load_model_dir(d)
-        tokenizer = None
-        if os.path.exists(os.path.join(d, "tokenizer_config.json")):
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(d)
-        state = load_state(os.path.join(d, TRAIN_STATE_FILE))
-        log = _read_log(os.path.join(d, TRAIN_LOG_FILE))
-    return model, tokenizer, state, log
-
-
 def _train_loop(config: dict[str, Any]) -> None:
     """One Ray Train worker: setup (fresh or from checkpoint), then an explicit epoch loop."""
     ctx = ray.train.get_context()
@@ -487,58 +442,3 @@ def _mean_across_ranks(total: float, count: int, device: torch.device, world: in
         torch.distributed.all_reduce(t)
         total, count = float(t[0]), int(t[1])
     return total / max(count, 1)
-
-
-def save_checkpoint(
-    out_dir: str,
-    model: torch.nn.Module,
-    tokenizer: Any,
-    token_map: np.ndarray,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    epoch: int,
-    step: int,
-    log: list[dict[str, Any]],
-    config: dict[str, Any],
-    extra_state: dict[str, Any] | None = None,
-    rerank_weight: float = 0.0,
-    valid_ndcg: float | None = None,
-) -> None:
-    """Write a Ray Train checkpoint: the generator checkpoint layout + train state + log."""
-    hf = unwrap(model)
-    meta = GeneratorMeta(
-        size=config["size"],
-        pretrained=config["pretrained"],
-        sid_vocab_size=3 + sum(config["level_sizes"]),
-        model_vocab_size=int(hf.config.vocab_size),
-        depth=int(config["item_tokens"].shape[1]),
-        n_items=int(config["item_tokens"].shape[0]),
-        max_history=config["max_history"],
-        epoch=epoch,
-        step=step,
-        token_map=[int(t) for t in token_map],
-        rerank_weight=float(rerank_weight),
-        valid_ndcg=valid_ndcg,
-        layout="item" if isinstance(hf, ItemLayoutLM) else "token",
-    )
-    save_generator(hf, out_dir, meta, config["item_tokens"], config["sid_vocab_json"], tokenizer)
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch,
-            "step": step,
-            "token_map": token_map,
-            **(extra_state or {}),
-        },
-        os.path.join(out_dir, TRAIN_STATE_FILE),
-    )
-    with open(os.path.join(out_dir, TRAIN_LOG_FILE), "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in log)
-
-
-def inject_test_failure() -> None:
-    """Test-only: die like a lost worker, once the previous epoch's checkpoint is registered."""
-    ray.train.get_all_reported_checkpoints(timeout_s=60)
-    print("[sft] test fault injection: worker exits now", flush=True)
-    os._exit(1)

@@ -49,20 +49,15 @@ from transformers import get_cosine_schedule_with_warmup
 from sgrec_ray import storage
 from sgrec_ray.config import Config, RlSection
 from sgrec_ray.data import schema
+from sgrec_ray.generator.checkpoint import export_checkpoint, restore_checkpoint, save_checkpoint
 from sgrec_ray.generator.model import (
     ITEM_TOKENS_FILE,
     SID_VOCAB_FILE,
     load_generator,
     param_groups,
 )
-from sgrec_ray.generator.sft import (
-    VALID_METRIC,
-    export_checkpoint,
-    inject_test_failure,
-    restore_checkpoint,
-    save_checkpoint,
-)
-from sgrec_ray.ray_train import fit, make_trainer
+from sgrec_ray.generator.sft import VALID_METRIC
+from sgrec_ray.ray_train import fit, inject_test_failure, make_trainer
 from sgrec_ray.rl.advantages import get_advantage
 from sgrec_ray.rl.groups import fuse_batch
 from sgrec_ray.rl.objective import policy_loss
@@ -590,7 +585,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     else:
         model, tokenizer, state, log = restore_checkpoint(ckpt)
         token_map = np.asarray(state["token_map"], dtype=np.int64)
-    save_cfg = {  # what the shared checkpoint writer (sft.save_checkpoint) needs to rebuild the meta
+    save_cfg = {  # what the shared checkpoint writer (checkpoint.save_checkpoint) needs to rebuild the meta
         "size": sft.meta.size,
         "pretrained": sft.meta.pretrained,
         "level_sizes": SidVocab.from_json(sid_vocab_json).level_sizes,

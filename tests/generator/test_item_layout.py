@@ -121,7 +121,7 @@ def test_a_training_checkpoint_restores_the_item_layout(tmp_path, model):
     """What SFT and A2PO resume from (Ray Train checkpoints) rebuilds the same item-layout model."""
     from ray.train import Checkpoint
 
-    from sgrec_ray.generator.sft import restore_checkpoint, save_checkpoint
+    from sgrec_ray.generator.checkpoint import restore_checkpoint, save_checkpoint
 
     opt = torch.optim.AdamW(model.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
