@@ -198,7 +198,7 @@ def _experiment(config: str, overrides: list[str], force: bool) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from sgrec_ray import storage
-    from sgrec_ray.rl.experiment import run_experiment
+    from sgrec_ray.experiment import run_experiment
     from sgrec_ray.rl.experiment_report import format_experiment_table, format_study_table
 
     metrics = run_experiment(cfg, force=force)

@@ -1,8 +1,8 @@
-"""The report's ``experiment`` section: SFT vs the four RL arms (mean ± std) and the rate study.
+"""The report's ``experiment`` section: SFT vs every RL arm (mean ± std) and the rate study.
 
 A report section module (``report.SECTIONS``): ``report.py`` finds it by name and calls
 ``report_section`` / ``write_plots`` / ``render_markdown``, so writing a report never imports the
-experiment runner (``rl/experiment.py``, which runs pipeline stages and writes the report itself).
+experiment runner (``sgrec_ray/experiment.py``, which runs pipeline stages and writes the report itself).
 The runner imports its table layout (``KEYS``, the formatters) from here, never the other way.
 """
 

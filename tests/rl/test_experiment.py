@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sgrec_ray import storage
+from sgrec_ray.experiment import ARMS, KEYS, mean_std, paired_line, paired_vs, run_experiment
 from sgrec_ray.report import REPORT_JSON, REPORT_MD
-from sgrec_ray.rl.experiment import ARMS, KEYS, mean_std, paired_line, paired_vs, run_experiment
 from sgrec_ray.rl.experiment_report import format_experiment_table
 from tests.rl.conftest import rl_ctx
 from tests.rl.fakes import FakeSemantic

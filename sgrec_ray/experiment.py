@@ -1,6 +1,9 @@
 """``sgrec experiment CONFIG``: SFT vs every registered advantage (GRPO, Reward-Sum, Adv-Sum,
 A2PO), over ``experiment.seeds``.
 
+It sits beside ``pipeline`` and ``report``, not in ``rl/``: it runs pipeline stages and writes the
+report, and both of those import ``rl``.
+
 Recipe: run (or reuse) the shared stages of the base run once — data, sasrec, sid, sft, eval, ranker,
 judge, aggregate — then train each RL arm x seed with :func:`sgrec_ray.rl.a2po.train_policy` into
 ``<run>/experiment/<arm>-seed<k>/`` (its own Ray Train run name; a finished arm is skipped on rerun
