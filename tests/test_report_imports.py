@@ -1,9 +1,9 @@
 """The report is a gatherer: writing one must not import the experiment runner or the pipeline.
 
-``report.py`` once reached the experiment runner (``rl/experiment.py`` then, ``experiment.py`` now) (which imports ``pipeline``, which imports
-``report``): an import circle. The experiment's table now reaches the report as a section module
-(``report.SECTIONS``), like the judge and alignment sections. This is checked in a fresh
-interpreter, because the test session has long since imported everything.
+``report.py`` once reached the experiment runner (``sgrec_ray/experiment.py``, which imports
+``pipeline``, which imports ``report``): an import circle. The experiment's table now reaches the
+report as a section module (``report.SECTIONS``), like the judge and alignment sections. This is
+checked in a fresh interpreter, because the test session has long since imported everything.
 """
 
 from __future__ import annotations
@@ -67,5 +67,5 @@ def test_writing_a_report_imports_neither_experiment_nor_pipeline(tmp_path: Path
     assert got["section"]["semantic_rate_study"][0]["judge_pairs"] == 7
     md = got["md"]
     assert "## Experiment: SFT vs GRPO" in md
-    assert "| a2po | 3 | n/a | 0.5000 ± 0.0100 |" in md
+    assert "| a2po | 3 | n/a | n/a | 0.5000 ± 0.0100 |" in md  # hr@1, hr@5 unmeasured
     assert "Claim 1: a sentence" in md and "gone.png" not in md  # a missing figure is left out
