@@ -639,7 +639,10 @@ def _train_loop(config: dict[str, Any]) -> None:
         return round(scores[scorer.weight], 5)
 
     if eval_every > 0 and state is None:  # the SFT's figure on the same users: the bar to beat
-        reference_ndcg = validate()
+        # The SFT checkpoint carries it (same users, beam and weights: the sft section's, which
+        # its fingerprint covers), so it is read, not recomputed, when there.
+        known = sft.meta.valid_ndcg
+        reference_ndcg = round(known, 5) if known is not None else validate()
         log.append(
             {
                 "event": "valid_reference",
