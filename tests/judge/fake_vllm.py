@@ -5,6 +5,9 @@ same ``udf``, same per-row error handling that writes ``__inference_error__``) w
 ``vLLMEngineWrapper`` replaced by :class:`FakeEngine`, which does what vLLM 0.29 does with one
 request, read from its source:
 
+- loads what vLLM 0.29 loads and refuses the rest as it does: a local path needs a ``config.json``
+  (``transformers_utils/config.py`` ``get_config``; vLLM has no GGUF loader, so a ``.gguf`` file
+  fails there), and the weights are read from that Hugging Face folder, never through GGUF;
 - rejects ``SamplingParams`` keys vLLM 0.29 does not have, ``logprob_token_ids`` over 128 ids, and
   prompts that leave no room for a new token within ``max_model_len`` (``input_processor.py``);
 - resolves a LoRA request as ``_maybe_get_lora_request`` does (a row whose ``model`` differs from
@@ -21,6 +24,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from ray.llm._internal.batch.stages.common import maybe_convert_ndarray_to_list
@@ -90,6 +94,27 @@ LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 BLOCK = 16
 
 
+def check_model_config(model: str) -> None:
+    """vLLM 0.29's ``get_config`` with ``config_format="auto"`` (transformers_utils/config.py):
+    a model needs ``config.json`` (HF) or ``params.json`` next to ``consolidated*.safetensors``
+    (Mistral); ``repo_utils.file_or_path_exists`` looks inside an existing local path, else in the
+    hub cache (offline here: nothing). Any other model, a ``.gguf`` file included, raises this."""
+    local = Path(model)
+    mistral = (local / "params.json").is_file() and any(local.glob("consolidated*.safetensors"))
+    if not (local.exists() and ((local / "config.json").is_file() or mistral)):
+        raise ValueError(
+            "Invalid repository ID or local directory specified:"
+            f" '{model}'.\nPlease verify the following requirements:\n"
+            "1. Provide a valid Hugging Face repository ID.\n"
+            "2. Specify a local directory that contains a recognized "
+            "configuration file.\n"
+            "   - For Hugging Face models: ensure the presence of a "
+            "'config.json'.\n"
+            "   - For Mistral models: ensure the presence of a "
+            "'params.json'.\n"
+        )
+
+
 class PrefixCache:
     """vLLM's automatic prefix caching, counted in tokens: full blocks keyed by their prefix."""
 
@@ -145,9 +170,8 @@ class FakeEngine:
             raise ValueError(f"max_lora_rank must be one of {LORA_RANKS}")
         self.model, self.kwargs, self.idx = model, engine_kwargs, idx_in_batch_column
         self.dynamic_lora_loading_path = dynamic_lora_loading_path
-        path, gguf = (os.path.dirname(model), os.path.basename(model))
-        ref = ModelRef(path, gguf) if model.endswith(".gguf") else ModelRef(model, None)
-        self.base = TransformersEngine(ref)
+        check_model_config(model)  # while the engine builds its config, before any weights
+        self.base = TransformersEngine(ModelRef(model, None))  # the HF folder, as vLLM reads it
         self.loras: dict[str, Any] = {}
         self._kv: dict[int, tuple[tuple[int, ...], Any]] = {}
         self.cache = PrefixCache()
