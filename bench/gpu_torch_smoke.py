@@ -13,7 +13,8 @@ first on CPU in float32 (the reference), then on ``--device`` in ``--dtype``:
 - ``sft``: a few next-item steps of the generator (the SFT batch code: ``training_example``,
   ``item_labels``, ``collate``; the HF loss; AdamW);
 - ``a2po``: a few policy-gradient steps with beam rollouts (``rl.rollout.beam_rollout``,
-  ``policy_log_probs``, ``rl.objective.policy_loss``, group-normalised rule rewards);
+  ``policy_log_probs``, ``rl.objective.policy_loss``, group-normalised rule rewards; compared by
+  the rollouts' mean log-probability before each update and the first step's items);
 - ``judge``: the transformers judge scoring one batch (``judge.scoring.Judge``);
 - ``serve``: one served beam search (``generator.decode.Recommender``).
 
@@ -142,7 +143,7 @@ def part_a2po(run: str, device: str, dtype: Any, steps: int, group: int) -> dict
     targets = torch.tensor([u["target"] for u in users], device=device)
     model = gen.model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    losses, rollouts = [], []
+    logps, rollouts = [], []
     for _ in range(steps):
         model.eval()
         with torch.no_grad(), _autocast(device, dtype):
@@ -151,6 +152,7 @@ def part_a2po(run: str, device: str, dtype: Any, steps: int, group: int) -> dict
                 model, histories, torch.as_tensor(items), gen.item_tokens, gen.token_map
             )
         rollouts.append(items.tolist())
+        logps.append(float(logp_ref.float().mean()))
         items_t = torch.as_tensor(items, device=device)
         reward = (items_t == targets[:, None]).double() + 0.1 * (
             items_t % 2 == targets[:, None] % 2
@@ -167,8 +169,9 @@ def part_a2po(run: str, device: str, dtype: Any, steps: int, group: int) -> dict
         opt.zero_grad(set_to_none=True)
         parts.loss.backward()
         opt.step()
-        losses.append(float(parts.loss.detach()))
-    return {"losses": losses, "rollouts": rollouts}
+    # On-policy, one update per rollout: the loss is -mean(advantage) = 0 by construction, so the
+    # rollouts' mean log-probability before each update is what shows the steps differ.
+    return {"logp": logps, "rollouts": rollouts}
 
 
 def part_judge(run: str, device: str, dtype: Any, judge_model: str | None) -> dict[str, Any]:
@@ -232,9 +235,10 @@ def part_serve(run: str, device: str, dtype: Any, k: int) -> dict[str, Any]:
 def compare(name: str, ref: dict[str, Any], got: dict[str, Any], tol: float) -> dict[str, Any]:
     """Whether ``got`` matches the CPU float32 ``ref`` of part ``name``, and by how much."""
     if name in ("sft", "a2po"):
-        a, b = np.asarray(ref["losses"]), np.asarray(got["losses"])
+        key = "losses" if name == "sft" else "logp"
+        a, b = np.asarray(ref[key]), np.asarray(got[key])
         diff = float(np.max(np.abs(a - b) / np.maximum(np.abs(a), 1e-3)))
-        out: dict[str, Any] = {"max_rel_loss_diff": round(diff, 5), "match": diff <= tol}
+        out: dict[str, Any] = {f"max_rel_{key}_diff": round(diff, 5), "match": diff <= tol}
         if name == "a2po":  # first step's rollouts come from the same weights on both sides
             overlap = _overlap(ref["rollouts"][0], got["rollouts"][0])
             out["first_rollout_overlap"] = round(overlap, 4)
