@@ -315,6 +315,17 @@ def _export_judge(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_judge_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``jobs/export_judge.py``: ``--config`` plus ``--set`` / ``--out``."""
+    p = argparse.ArgumentParser(description="sgrec-ray export-judge job", parents=[_DEBUG])
+    p.add_argument("--config", required=True, help="experiment YAML, e.g. configs/ml100k.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", default=None, help="default: <storage>/<run>/judge_model")
+    args = p.parse_args(argv)
+    _setup_logging(False)
+    return _guarded(lambda: _export_judge(args), args.debug)
+
+
 def _synth(args: argparse.Namespace) -> int:
     """Write a synthetic log + catalogue and print the figures and the overrides that read it."""
     from sgrec_ray.data import synth
