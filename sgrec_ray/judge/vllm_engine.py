@@ -210,6 +210,11 @@ def processor_config(cfg: JudgeSection, ref: ModelRef) -> Any:
         "max_logprobs": max(20, cfg.scale),
         "max_model_len": cfg.max_prompt_tokens + 64,  # the prompt budget plus the one new token
         "tensor_parallel_size": gpus_per_engine(cfg),
+        # The transformers engine's precision, so both engines give the same scores: with "auto"
+        # vLLM 0.29 downcasts a float32 checkpoint (what export-judge writes) to the platform's
+        # first dtype, bf16 on CUDA (config/model.py _resolve_auto_dtype). float32 runs on its
+        # FlexAttention and Triton attention backends; for a big judge set bfloat16 here.
+        "dtype": "float32",
     }
     lora: dict[str, Any] = {}
     if cfg.adapter is not None:

@@ -13,6 +13,7 @@ request, read from its source:
 - resolves a LoRA request as ``_maybe_get_lora_request`` does (a row whose ``model`` differs from
   the base model; ray.llm's own ``download_lora_adapter`` with ``dynamic_lora_loading_path``) and
   fails the row when the adapter folder is missing, as vLLM would;
+- computes in float32, the ``dtype`` the processor asks for (and refuses any other);
 - answers with the raw (full-vocabulary) log-probabilities of exactly ``logprob_token_ids`` and a
   greedy token among ``allowed_token_ids``, computed by the real judge model on CPU;
 - keeps a block prefix cache like vLLM's (16-token blocks, hashed by their whole prefix; a request
@@ -85,6 +86,7 @@ ENGINE_KEYS = frozenset(
         "enable_lora",
         "max_lora_rank",
         "logprobs_mode",
+        "dtype",
         "task_type",
         "distributed_executor_backend",
         "enable_log_requests",
@@ -168,6 +170,10 @@ class FakeEngine:
             LORA_RANKS
         ):
             raise ValueError(f"max_lora_rank must be one of {LORA_RANKS}")
+        if engine_kwargs.get("dtype", "auto") not in ("float32", "float"):
+            # vLLM would run a float32 checkpoint in bf16 ("auto" downcasts on CUDA); this fake
+            # computes in float32 only, so it refuses rather than pretend to match.
+            raise NotImplementedError(f"fake vLLM: dtype {engine_kwargs.get('dtype', 'auto')!r}")
         self.model, self.kwargs, self.idx = model, engine_kwargs, idx_in_batch_column
         self.dynamic_lora_loading_path = dynamic_lora_loading_path
         check_model_config(model)  # while the engine builds its config, before any weights

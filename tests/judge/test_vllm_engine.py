@@ -272,6 +272,7 @@ def test_processor_config_honours_the_judge_options(tmp_path):
     assert config.model_source == str(model)  # the folder itself, never a GGUF file
     kw = config.engine_kwargs
     assert kw["enable_prefix_caching"] is False and kw["tensor_parallel_size"] == 2
+    assert kw["dtype"] == "float32"  # the transformers engine's precision (vLLM "auto": bf16)
     assert kw["enable_lora"] is True and kw["max_lora_rank"] == 16  # smallest vLLM rank >= 12
     assert config.dynamic_lora_loading_path is None and config.concurrency == 3
     assert config.tokenize_stage is False and config.should_continue_on_error is True
