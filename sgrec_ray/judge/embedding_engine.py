@@ -39,6 +39,7 @@ from sgrec_ray.config import JudgeSection
 from sgrec_ray.judge.rows import (
     JudgeRequest,
     JudgeResult,
+    StageWork,
     prompt_spec,
     request_contexts,
     requests_from_batch,
@@ -270,17 +271,9 @@ class EmbeddingJudgeEngine:
     def prompt_hash(self, ctx: Any, cfg: JudgeSection) -> str:
         return identity_hash(cfg, load_vectors(ctx))
 
-    def stage_batches(
-        self,
-        ctx: Any,
-        chunks: list[pa.Table],
-        items: pa.Table,
-        users: pa.Table | None,
-        ref: Any,
-        stand_in: Any = None,
-    ) -> Iterator[pa.Table]:
-        judge = EmbeddingJudge(ctx.cfg.judge, load_vectors(ctx))
-        return (judge.score_table(c) for c in chunks)
+    def stage_batches(self, work: StageWork) -> Iterator[pa.Table]:
+        judge = EmbeddingJudge(work.ctx.cfg.judge, load_vectors(work.ctx))
+        return (judge.score_table(c) for c in work.chunks)
 
     def in_process_judge(
         self, ctx: Any, cfg: JudgeSection, items: pa.Table, users: pa.Table | None

@@ -113,10 +113,23 @@ def _local(ref: ModelRef) -> tuple[str, dict[str, str]]:
     return path, ({"gguf_file": ref.gguf_file} if ref.gguf_file else {})
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
 def load_tokenizer(ref: ModelRef) -> Any:
-    """The model's tokenizer alone (prompt building for engines that tokenise nothing themselves)."""
+    """The model's tokenizer alone (prompt building for engines that tokenise nothing themselves).
+
+    From a remote folder only the small files are fetched: the vLLM path's CPU tokenizer actors
+    would otherwise each download the weights (540 MB for the exported 135M judge)."""
     from transformers import AutoTokenizer
 
+    if ref.is_remote and not ref.gguf_file:
+        local = tempfile.mkdtemp(prefix="judge-tokenizer-")
+        for name in storage.listdir(ref.path):
+            if "." in name and not name.endswith(WEIGHT_SUFFIXES):  # files, not sub-folders
+                with open(os.path.join(local, name), "wb") as f:
+                    f.write(storage.read_bytes(storage.join(ref.path, name)))
+        return AutoTokenizer.from_pretrained(local)
     path, kwargs = _local(ref)
     return AutoTokenizer.from_pretrained(path, **kwargs)
 

@@ -14,7 +14,7 @@ test (``tests/judge/test_registry.py`` checks every entry against the protocol).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from sgrec_ray.judge.embedding_engine import EmbeddingJudgeEngine
 from sgrec_ray.judge.scoring import TransformersJudgeEngine
@@ -25,8 +25,7 @@ if TYPE_CHECKING:
 
     from sgrec_ray.config import JudgeSection
     from sgrec_ray.config_rules import Rule
-    from sgrec_ray.judge.engines import ModelRef
-    from sgrec_ray.judge.rows import JudgeRequest, JudgeResult
+    from sgrec_ray.judge.rows import JudgeRequest, JudgeResult, StageWork
     from sgrec_ray.runs import RunContext
 
 
@@ -71,18 +70,9 @@ class JudgeEngine(Protocol):
         another hash are re-judged on resume, never mixed in."""
         ...
 
-    def stage_batches(
-        self,
-        ctx: RunContext,
-        chunks: list[pa.Table],
-        items: pa.Table,
-        users: pa.Table | None,
-        ref: ModelRef | None,
-        stand_in: Any = None,
-    ) -> Iterator[pa.Table]:
+    def stage_batches(self, work: StageWork) -> Iterator[pa.Table]:
         """The judge stage's work: candidate chunks (whole users) → score tables, one per chunk
-        or per finished group (``rows.scores_schema`` columns). ``stand_in``: a test seam
-        (the vLLM engine stage's fake); engines without one ignore it."""
+        or per finished group (``rows.scores_schema`` columns)."""
         ...
 
     def in_process_judge(

@@ -27,6 +27,7 @@ from sgrec_ray.judge.rows import (
     JudgePrompts,
     JudgeRequest,
     JudgeResult,
+    StageWork,
     prompt_spec,
     request_contexts,
     requests_from_batch,
@@ -206,22 +207,14 @@ class TransformersJudgeEngine:
     def prompt_hash(self, ctx: Any, cfg: JudgeSection) -> str:
         return prompt_spec(cfg).prompt_hash
 
-    def stage_batches(
-        self,
-        ctx: Any,
-        chunks: list[pa.Table],
-        items: pa.Table,
-        users: pa.Table | None,
-        ref: Any,
-        stand_in: Any = None,
-    ) -> Iterator[pa.Table]:
+    def stage_batches(self, work: StageWork) -> Iterator[pa.Table]:
         import ray
 
-        cfg = ctx.cfg.judge
-        ds = ray.data.from_arrow(chunks)  # one block per chunk: one actor call, one part file
+        cfg = work.ctx.cfg.judge
+        ds = ray.data.from_arrow(work.chunks)  # one block per chunk: one actor call, one part file
         out = ds.map_batches(
             Judge,
-            fn_constructor_kwargs={"cfg": cfg, "items": items, "users": users},
+            fn_constructor_kwargs={"cfg": cfg, "items": work.items, "users": work.users},
             batch_size=None,
             batch_format="numpy",
             concurrency=cfg.concurrency,

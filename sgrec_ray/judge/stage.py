@@ -39,6 +39,7 @@ from sgrec_ray.judge.engines import ModelRef, model_id
 from sgrec_ray.judge.prompts import PromptSpec
 from sgrec_ray.judge.registry import judge_engine
 from sgrec_ray.judge.rows import (
+    StageWork,
     prompt_spec,
     request_contexts,
     requests_from_batch,
@@ -225,7 +226,7 @@ def judge_pending(
     )
     started = time.time()
     target = scores_schema(cfg.aspects)
-    batches = judge.stage_batches(ctx, chunks, items, users, ref, engine)
+    batches = judge.stage_batches(StageWork(ctx, chunks, items, users, ref, engine))
     try:
         for batch in batches:
             table = conform(batch, target)

@@ -42,6 +42,7 @@ from sgrec_ray.judge.rows import (
     JudgePrompts,
     JudgeRequest,
     JudgeResult,
+    StageWork,
     prompt_spec,
     request_contexts,
     requests_from_batch,
@@ -476,20 +477,12 @@ class VllmJudgeEngine:
     def prompt_hash(self, ctx: Any, cfg: JudgeSection) -> str:
         return prompt_spec(cfg).prompt_hash
 
-    def stage_batches(
-        self,
-        ctx: Any,
-        chunks: list[pa.Table],
-        items: pa.Table,
-        users: pa.Table | None,
-        ref: ModelRef | None,
-        stand_in: Any = None,
-    ) -> Iterator[pa.Table]:
+    def stage_batches(self, work: StageWork) -> Iterator[pa.Table]:
         import ray
 
-        assert ref is not None  # checks.preflight resolved the model of every language model
-        ds = ray.data.from_arrow(chunks)  # one block per chunk
-        return vllm_scores(ds, ctx.cfg.judge, ref, items, users, stand_in)
+        assert work.ref is not None  # checks.preflight resolved every language model's model
+        ds = ray.data.from_arrow(work.chunks)  # one block per chunk
+        return vllm_scores(ds, work.ctx.cfg.judge, work.ref, work.items, work.users, work.stand_in)
 
     def in_process_judge(
         self, ctx: Any, cfg: JudgeSection, items: pa.Table, users: pa.Table | None

@@ -170,13 +170,13 @@ class FakeEngine:
             LORA_RANKS
         ):
             raise ValueError(f"max_lora_rank must be one of {LORA_RANKS}")
+        check_model_config(model)  # while the engine builds its config, before any weights
         if engine_kwargs.get("dtype", "auto") not in ("float32", "float"):
             # vLLM would run a float32 checkpoint in bf16 ("auto" downcasts on CUDA); this fake
             # computes in float32 only, so it refuses rather than pretend to match.
             raise NotImplementedError(f"fake vLLM: dtype {engine_kwargs.get('dtype', 'auto')!r}")
         self.model, self.kwargs, self.idx = model, engine_kwargs, idx_in_batch_column
         self.dynamic_lora_loading_path = dynamic_lora_loading_path
-        check_model_config(model)  # while the engine builds its config, before any weights
         self.base = TransformersEngine(ModelRef(model, None))  # the HF folder, as vLLM reads it
         self.loras: dict[str, Any] = {}
         self._kv: dict[int, tuple[tuple[int, ...], Any]] = {}

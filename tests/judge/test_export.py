@@ -212,3 +212,27 @@ def test_exported_folder_under_vllm_scores_as_the_gguf_under_transformers(
     if with_adapter:  # the adapter was applied on both sides, not dropped on one
         base = _transformers_probs(JudgeSection(), gguf_engine)
         assert max(float(np.abs(want[k] - base[k]).max()) for k in want) > 1e-2
+
+
+def test_export_to_s3_and_the_tokenizer_actors_fetch_no_weights(tmp_path, s3_server, monkeypatch):
+    """``--out`` takes any URI; from a remote folder ``load_tokenizer`` reads the small files only
+    (the vLLM path's CPU tokenizer actors each call it)."""
+    from sgrec_ray import storage
+    from sgrec_ray.judge.engines import load_tokenizer
+    from tests.align.conftest import save_tiny_llama
+    from tests.conftest import S3_BUCKET
+
+    tokenizer = vllm_engine.load_tokenizer(resolve_model(JudgeSection()))
+    tiny = tmp_path / "tiny"
+    save_tiny_llama(tiny, len(tokenizer), 1024, bos_token_id=tokenizer.bos_token_id)
+    tokenizer.save_pretrained(tiny)
+    out = f"s3://{S3_BUCKET}/judges/{tmp_path.name}/judge_model"
+    argv = ["export-judge", str(REPO / "configs" / "tiny.yaml"), "--out", out]
+    assert cli.main([*argv, "--set", f"judge.model={tiny}"]) == 0
+    assert "model.safetensors" in storage.listdir(out) and "config.json" in storage.listdir(out)
+    read: list[str] = []
+    real = storage.read_bytes
+    monkeypatch.setattr(storage, "read_bytes", lambda uri: read.append(uri) or real(uri))
+    remote = load_tokenizer(ModelRef(out, None))
+    assert remote("Heat (1995)")["input_ids"] == tokenizer("Heat (1995)")["input_ids"]
+    assert read and not any(u.endswith(".safetensors") for u in read)
