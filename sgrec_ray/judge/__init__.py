@@ -8,7 +8,7 @@ ask the engine (:class:`~sgrec_ray.judge.registry.JudgeEngine`) what it needs an
 tests an engine's name. **Adding an engine touches one new file and one registry line**: write a
 class with the protocol's attributes and methods in its own module (``EmbeddingJudgeEngine`` at
 the bottom of ``embedding_engine.py`` is the example: no language model, scores in-process, its
-config rules next to it), add ``"name": YourEngine()`` to ``JUDGE_ENGINES``, and add a test
+config rules next to it), add ``"name": "module:YourEngine"`` to ``JUDGE_ENGINES``, and add a test
 (``tests/judge/test_registry.py`` checks every registered engine against the protocol).
 
 Prompts and parsing live in ``prompts.py`` / ``rows.py`` only; engines turn prompt tokens into

@@ -13,12 +13,10 @@ test (``tests/judge/test_registry.py`` checks every entry against the protocol).
 
 from __future__ import annotations
 
+import functools
+import importlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
-
-from sgrec_ray.judge.embedding_engine import EmbeddingJudgeEngine
-from sgrec_ray.judge.scoring import TransformersJudgeEngine
-from sgrec_ray.judge.vllm_engine import VllmJudgeEngine
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -89,12 +87,22 @@ def judge_engine(name: str) -> JudgeEngine:
 
         allowed = sorted(JUDGE_ENGINES)
         raise ConfigError(f"judge.engine: {name!r} is not allowed; allowed values: {allowed}")
-    return JUDGE_ENGINES[name]
+    return _load(JUDGE_ENGINES[name])
 
 
-# One line per engine. (engines.py imports this module lazily: this one imports it.)
-JUDGE_ENGINES: dict[str, JudgeEngine] = {
-    "transformers": TransformersJudgeEngine(),
-    "vllm": VllmJudgeEngine(),
-    "embedding": EmbeddingJudgeEngine(),
+@functools.cache
+def _load(path: str) -> JudgeEngine:
+    """The engine object at ``module:Class``, made once per process. Imported on first use: a
+    config names one engine, so validating it never imports the others (vLLM's module on a CPU
+    box, for instance), and engine modules may import the judge package freely."""
+    module, cls = path.split(":")
+    engine: JudgeEngine = getattr(importlib.import_module(module), cls)()
+    return engine
+
+
+# One line per engine: name → "module:Class" of its JudgeEngine.
+JUDGE_ENGINES: dict[str, str] = {
+    "transformers": "sgrec_ray.judge.scoring:TransformersJudgeEngine",
+    "vllm": "sgrec_ray.judge.vllm_engine:VllmJudgeEngine",
+    "embedding": "sgrec_ray.judge.embedding_engine:EmbeddingJudgeEngine",
 }
