@@ -12,9 +12,10 @@ first on CPU in float32 (the reference), then on ``--device`` in ``--dtype``:
 
 - ``sft``: a few next-item steps of the generator (the SFT batch code: ``training_example``,
   ``item_labels``, ``collate``; the HF loss; AdamW);
-- ``a2po``: a few policy-gradient steps with beam rollouts (``rl.rollout.beam_rollout``,
-  ``policy_log_probs``, ``rl.objective.policy_loss``, group-normalised rule rewards; compared by
-  the rollouts' mean log-probability before each update and the first step's items);
+- ``a2po``: a few policy-gradient steps with beam rollouts (the group is the G best beams of
+  ``generator.decode.constrained_beam_search``, what the A2PO rollout draws from; then
+  ``rl.rollout.policy_log_probs``, ``rl.objective.policy_loss``, group-normalised rule rewards;
+  compared by the rollouts' mean log-probability before each update and the first step's items);
 - ``judge``: the transformers judge scoring one batch (``judge.scoring.Judge``);
 - ``serve``: one served beam search (``generator.decode.Recommender``).
 
@@ -131,9 +132,10 @@ def part_a2po(run: str, device: str, dtype: Any, steps: int, group: int) -> dict
     """Policy-gradient steps: beam rollouts, rule rewards normalised per group, clipped loss."""
     import torch
 
+    from sgrec_ray.generator.decode import constrained_beam_search
     from sgrec_ray.generator.model import load_generator_dir
     from sgrec_ray.rl.objective import policy_loss
-    from sgrec_ray.rl.rollout import beam_rollout, policy_log_probs
+    from sgrec_ray.rl.rollout import policy_log_probs
     from sgrec_ray.sid.trie import SidTrie, SidVocab
 
     gen = load_generator_dir(os.path.join(run, "generator"), device)
@@ -147,7 +149,17 @@ def part_a2po(run: str, device: str, dtype: Any, steps: int, group: int) -> dict
     for _ in range(steps):
         model.eval()
         with torch.no_grad(), _autocast(device, dtype):
-            items = beam_rollout(model, histories, gen.item_tokens, group, trie, gen.token_map)
+            found = constrained_beam_search(
+                model,
+                histories,
+                gen.item_tokens,
+                beam_width=group,
+                k=group,
+                device=device,
+                token_map=gen.token_map,
+                trie=trie,
+            )
+            items = np.asarray([[i for i, _ in row] for row in found], dtype=np.int64)
             logp_ref = policy_log_probs(
                 model, histories, torch.as_tensor(items), gen.item_tokens, gen.token_map
             )
