@@ -2,14 +2,17 @@
 
     pip install -e '.[judge,embedded,vllm]'          # vllm = ray[llm]==2.60.0 → vllm 0.29.0
     python bench/gpu_smoke.py                         # ML-100k, 20 judged users, 20 SFT / 4 A2PO steps
-    python bench/gpu_smoke.py --judge-model /models/SmolLM2-135M-Instruct --storage /tmp/smoke
+    python bench/gpu_smoke.py --judge-model /runs/ml100k/judge_model --storage /tmp/smoke
 
 Runs on a local single-node Ray (started here, with Ray's metrics export on) the real stages of
 configs/ml100k.yaml: data and sid (CPU), sft with ``sft.use_gpu`` for ``--sft-steps`` steps, the
 judge stage with ``judge.engine=vllm`` on ``--users`` validation users, aggregate, then ranker and
 a2po with ``rl.use_gpu`` for ``--rl-steps`` steps (the semantic reward service runs the judge
-in-process with transformers, on CPU: the GPU is the trainer's). Prints judge pairs/s, vLLM's prefix-cache hit rate
-(scraped from Ray's metrics endpoint), SFT seq/s and A2PO step times. Record the output in
+in-process with transformers, on CPU: the GPU is the trainer's). vLLM 0.29 loads no GGUF: without
+``--judge-model`` (a Hugging Face folder) the configured judge is first written as one by
+``sgrec export-judge``'s code, to ``<storage>/gpu_smoke/judge_model``; both engines read it.
+Prints judge pairs/s, vLLM's prefix-cache hit rate (scraped from Ray's metrics endpoint), SFT
+seq/s and A2PO step times. Record the output in
 docs/BENCHMARKS.md with the date, GPU and command.
 """
 
@@ -66,7 +69,11 @@ def main() -> None:
     parser.add_argument("--config", default=str(REPO / "configs" / "ml100k.yaml"))
     parser.add_argument("--storage", default=None, help="run storage (default: a temp dir)")
     parser.add_argument("--users", type=int, default=20, help="validation users to judge")
-    parser.add_argument("--judge-model", default=None, help="judge.model (default: the config's)")
+    parser.add_argument(
+        "--judge-model",
+        default=None,
+        help="judge.model, a Hugging Face folder (default: the config's judge, exported here)",
+    )
     parser.add_argument("--sft-steps", type=int, default=20)
     parser.add_argument("--rl-steps", type=int, default=4)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -91,9 +98,15 @@ def main() -> None:
         "rl.use_gpu=true",
         f"rl.steps={args.rl_steps}",
         f"rl.checkpoint_every={args.rl_steps}",
-        *([f"judge.model={args.judge_model}"] if args.judge_model else []),
         *args.set,
     ]
+    judge_model = args.judge_model
+    if judge_model is None:  # vLLM 0.29 has no GGUF loader: the judge as a safetensors folder
+        from sgrec_ray.judge.export import export_judge
+
+        judge_model = export_judge(load_config(args.config, common))["out"]
+        print(f"judge exported to {judge_model}")
+    common.append(f"judge.model={judge_model}")
     judge_cfg = load_config(args.config, [*common, "judge.engine=vllm", "judge.gpus_per_actor=1"])
     # The reward service runs the judge in-process (transformers), here on CPU: the one GPU is the
     # A2PO trainer's (rl.use_gpu takes a whole GPU per worker).

@@ -300,6 +300,32 @@ def _annotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_judge(args: argparse.Namespace) -> int:
+    """``sgrec export-judge``: the judge as a safetensors folder for judge.engine=vllm."""
+    from sgrec_ray.judge.export import export_judge
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    written = export_judge(cfg, args.out)
+    print(json.dumps(written, indent=2))
+    print(f"use it with: --set judge.engine=vllm --set judge.model={written['out']}")
+    return 0
+
+
+def export_judge_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``jobs/export_judge.py``: ``--config`` plus ``--set`` / ``--out``."""
+    p = argparse.ArgumentParser(description="sgrec-ray export-judge job", parents=[_DEBUG])
+    p.add_argument("--config", required=True, help="experiment YAML, e.g. configs/ml100k.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", default=None, help="default: <storage>/<run>/judge_model")
+    args = p.parse_args(argv)
+    _setup_logging(False)
+    return _guarded(lambda: _export_judge(args), args.debug)
+
+
 def _synth(args: argparse.Namespace) -> int:
     """Write a synthetic log + catalogue and print the figures and the overrides that read it."""
     from sgrec_ray.data import synth
@@ -380,6 +406,21 @@ def main(argv: list[str] | None = None) -> int:
         "--reviewer", default=None, help="reviewer of rows whose reviewer cell is empty"
     )
 
+    export_p = sub.add_parser(
+        "export-judge",
+        help="write the judge model as a Hugging Face safetensors folder (what vLLM loads)",
+        parents=[_DEBUG],
+    )
+    export_p.add_argument("config", help="experiment YAML whose judge.model is exported")
+    export_p.add_argument(
+        "--out",
+        default=None,
+        help="folder to write, any URI (default: <storage>/<run>/judge_model)",
+    )
+    export_p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE"
+    )
+
     synth_p = sub.add_parser(
         "synth",
         help="write a synthetic log (Parquet shards) + item catalogue of any size",
@@ -402,6 +443,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "synth":
         _setup_logging(False)
         return _synth(args)
+    if args.cmd == "export-judge":
+        _setup_logging(False)
+        return _export_judge(args)
     if args.cmd == "annotate":
         _setup_logging(False)
         return _annotate(args)

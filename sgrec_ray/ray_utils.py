@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 
 import ray
 
@@ -81,27 +82,58 @@ def _unreachable(address: str, timeout_s: float = 5.0) -> str | None:
         return f"{type(err).__name__}: {err}"
 
 
-def gpu_capacity() -> tuple[float, float | None]:
-    """GPUs the cluster has now, and the most it can scale to (None: no autoscaler config).
+def max_cluster_resources() -> dict[str, float] | None:
+    """The most resources the cluster can scale to, when Ray knows it; None when it does not.
 
-    The second number is what Ray Train itself checks before it waits for a placement group
-    (``ray._private.state.state.get_max_resources_from_cluster_config()``, Ray 2.60): the node
-    groups the autoscaler reported to the GCS (a KubeRay worker group's resources x maxReplicas),
-    so a GPU group that starts at 0 replicas still counts.
+    Reads the cluster config in the GCS (``ray._private.state.state
+    .get_max_resources_from_cluster_config()``, Ray 2.60: node groups x max count). Only
+    ``ReportClusterConfig`` writes that key, and Ray 2.60 has no caller of it: the autoscaler
+    that KubeRay runs (``autoscaler/v2/monitor.py``, ``kuberay/run_autoscaler.py``) reports its
+    autoscaling state only. So on KubeRay this is None, capacity is unknown, and a GPU worker group
+    at 0 replicas shows no GPUs until the autoscaler adds a node. The one function that reads
+    the key: tests replace it instead of writing Ray's internal keys.
     """
     from ray._private import state
 
-    now = float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0.0
+    most = state.state.get_max_resources_from_cluster_config()
+    return None if most is None else {k: float(v) for k, v in most.items()}
+
+
+def gpu_capacity(
+    read_max: Callable[[], dict[str, float] | None] = max_cluster_resources,
+) -> tuple[float, float | None]:
+    """GPUs the cluster has now, and the most it can scale to (None: unknown).
+
+    ``read_max``: where the maximum comes from (:func:`max_cluster_resources`; a test passes its
+    own). A reader that fails counts as unknown: a private API must never break a run.
+    """
     if not ray.is_initialized():
-        return now, None
+        return 0.0, None
+    now = float(ray.cluster_resources().get("GPU", 0))
     try:
-        most = state.state.get_max_resources_from_cluster_config()
-    except Exception as err:  # a private API: never let it break a run that has GPUs now
-        log.warning("could not read the autoscaler's cluster config: %r", err)
+        most = read_max()
+    except Exception as err:
+        log.warning("could not read the cluster's maximum resources: %r", err)
         return now, None
     return now, (None if most is None else float(most.get("GPU", 0)))
 
 
 def can_get_gpus(now: float, most: float | None, need: float = 1.0) -> bool:
-    """Whether ``need`` GPUs exist now or once the autoscaler scales a GPU group up."""
-    return now >= need or (most is not None and most >= need)
+    """False only when Ray reports a known maximum below ``need`` and fewer GPUs exist now.
+
+    Unknown capacity (``most`` None) counts as "can": Ray Train's own rule before it waits for a
+    placement group (``train/v2/_internal/execution/worker_group/worker_group.py``), and Ray Data
+    falls back to ``cluster_resources()``. Refusing on "unknown" would refuse every KubeRay
+    cluster whose GPU group starts at 0 replicas.
+    """
+    return now >= need or most is None or most >= need
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(key: str, message: str) -> None:
+    """Log ``message`` as a warning the first time ``key`` is seen in this process."""
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.warning(message)

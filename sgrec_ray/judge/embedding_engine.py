@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,16 +36,17 @@ import pyarrow as pa
 
 from sgrec_ray import storage
 from sgrec_ray.config import JudgeSection
-from sgrec_ray.judge.engines import EMBEDDING_MODEL_ID
 from sgrec_ray.judge.rows import (
     JudgeRequest,
     JudgeResult,
+    StageWork,
     prompt_spec,
     request_contexts,
     requests_from_batch,
     score_columns,
 )
 
+EMBEDDING_MODEL_ID = "embedding:sid"  # the model column of its rows: the sid stage's embeddings
 VERSION = 1  # bump when the scoring below changes: old rows are then re-scored, never mixed in
 ASPECTS = ("profile", "future", "novelty")  # the aspects this engine can score
 
@@ -225,3 +226,56 @@ def load_vectors(ctx: Any) -> np.ndarray:
     if not np.array_equal(idx, np.arange(len(idx))):
         raise UserError(f"{uri}: item_idx must be 0..n-1 (one embedding per item), got gaps")
     return vectors
+
+
+class EmbeddingJudgeEngine:
+    """``judge.engine: embedding`` in the engine registry (:mod:`sgrec_ray.judge.registry`).
+
+    The smallest engine, and the example of adding one: this class, one line in
+    ``JUDGE_ENGINES``, and a test. No model to find; scores in the caller's process (the stage
+    scores its chunks here too: microseconds per pair, an actor pool would only add overhead).
+    """
+
+    name = "embedding"
+    language_model = False
+    in_process = True
+    rules = (
+        (
+            ("judge.engine", "judge.aspects"),
+            lambda c: "context" not in c.judge.aspects,
+            "no 'context' aspect with engine embedding (item embeddings carry no time or place)",
+        ),
+        (
+            ("judge.engine", "judge.long_history", "judge.recent_history"),
+            lambda c: c.judge.long_history + c.judge.recent_history > 0,
+            "long_history + recent_history > 0 with engine embedding (it compares with those "
+            "items)",
+        ),
+        (
+            ("judge.engine", "judge.adapter", "judge.evidence"),
+            lambda c: c.judge.adapter is None and not c.judge.evidence,
+            "adapter null and evidence false with engine embedding (no language model to adapt "
+            "or to write rationales)",
+        ),
+    )
+
+    def model_id(self, cfg: JudgeSection) -> str:
+        return EMBEDDING_MODEL_ID  # judge.model names an LLM, which this engine does not use
+
+    def scoring(self, cfg: JudgeSection) -> str:
+        return "cosine"
+
+    def preflight(self, cfg: JudgeSection) -> None:
+        pass  # the item embeddings are a stage output, checked when they are read
+
+    def prompt_hash(self, ctx: Any, cfg: JudgeSection) -> str:
+        return identity_hash(cfg, load_vectors(ctx))
+
+    def stage_batches(self, work: StageWork) -> Iterator[pa.Table]:
+        judge = EmbeddingJudge(work.ctx.cfg.judge, load_vectors(work.ctx))
+        return (judge.score_table(c) for c in work.chunks)
+
+    def in_process_judge(
+        self, ctx: Any, cfg: JudgeSection, items: pa.Table, users: pa.Table | None
+    ) -> EmbeddingJudge:
+        return EmbeddingJudge(cfg, load_vectors(ctx))

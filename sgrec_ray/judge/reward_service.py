@@ -44,7 +44,7 @@ class RewardCore:
 
     Args:
         judge: a Stage A judge with ``score(requests)`` and ``prompt_hash`` (``scoring.Judge``, or
-            ``embedding_engine.EmbeddingJudge`` for ``judge.engine: embedding``).
+            ``embedding_engine.EmbeddingJudge``: ``JudgeEngine.in_process_judge``).
         aggregator: Stage B's w(x) (``aggregate.load_aggregator``).
         featurizer: turns (user_ids, histories) into the aggregator's feature rows.
         window: history items the judge's prompt shows (``long_history + recent_history``).
@@ -207,41 +207,30 @@ def build_core(cfg: Config, *, with_judge: bool = True) -> RewardCore:
     from sgrec_ray import storage
     from sgrec_ray.data.schema import ITEMS_FILE, USERS_FILE
     from sgrec_ray.judge.aggregate import load_aggregator
+    from sgrec_ray.judge.registry import judge_engine
     from sgrec_ray.judge.stage import load_scores
     from sgrec_ray.runs import RunContext
 
     ctx = RunContext(cfg)
     aggregator = load_aggregator(ctx.path("aggregate", "model"))
+    engine = judge_engine(cfg.judge.engine)
     judge: Any = None
-    prompt_hash = None
-    if cfg.judge.engine == "embedding":  # no LLM: scores every miss in microseconds
-        from sgrec_ray.judge.embedding_engine import EmbeddingJudge, load_vectors
-
-        embedder = EmbeddingJudge(cfg.judge, load_vectors(ctx))
-        judge, prompt_hash = (embedder if with_judge else None), embedder.prompt_hash
-    elif with_judge:
-        from sgrec_ray.judge.scoring import Judge
-
+    if with_judge:
         users_uri = ctx.path("data", USERS_FILE)
         users = storage.read_table(users_uri) if storage.exists(users_uri) else None
-        judge = Judge(cfg.judge, storage.read_table(ctx.path("data", ITEMS_FILE)), users)
+        items = storage.read_table(ctx.path("data", ITEMS_FILE))
+        judge = engine.in_process_judge(ctx, cfg.judge, items, users)
     core = RewardCore(
         judge,
         aggregator,
         aggregator.featurizer(),
         window=cfg.judge.long_history + cfg.judge.recent_history,
-        prompt_hash=prompt_hash or getattr(judge, "prompt_hash", None) or _prompt_hash(cfg),
+        prompt_hash=judge.prompt_hash if judge is not None else engine.prompt_hash(ctx, cfg.judge),
         cache_size=cfg.aggregate.service_cache_size,
     )
     if cfg.aggregate.service_warm_start and storage.exists(ctx.path("judge", "scores")):
         core.warm_start(load_scores(ctx))
     return core
-
-
-def _prompt_hash(cfg: Config) -> str:
-    from sgrec_ray.judge.rows import prompt_spec
-
-    return prompt_spec(cfg.judge).prompt_hash
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -29,6 +30,19 @@ class JudgeRequest(NamedTuple):
     history: Sequence[int]
     item_idx: int
     timestamp: int | None = None
+
+
+@dataclass(frozen=True)
+class StageWork:
+    """What the judge stage hands an engine (``JudgeEngine.stage_batches``): candidate chunks of
+    whole users (``candidates.CANDIDATES`` columns) and what scoring them needs."""
+
+    ctx: Any  # the run's RunContext (its config, its stage outputs)
+    chunks: list[pa.Table]
+    items: pa.Table  # the data stage's items
+    users: pa.Table | None  # user features, when the data has them
+    ref: Any  # engines.ModelRef of judge.model; None for an engine without a language model
+    stand_in: Any = None  # a test seam (judge.engine=vllm: the fake engine stage); else unused
 
 
 class JudgeResult(NamedTuple):

@@ -7,20 +7,28 @@ benchmark construct it in-process. Requests of the same user share one prompt pr
 
 from __future__ import annotations
 
+import importlib.util
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
 
 from sgrec_ray.config import JudgeSection
 from sgrec_ray.judge import prompts
-from sgrec_ray.judge.engines import TransformersEngine, make_engine, model_id
+from sgrec_ray.judge.engines import (
+    JudgeSetupError,
+    TransformersEngine,
+    llm_model_id,
+    make_engine,
+)
 from sgrec_ray.judge.prompts import EncodedUser
 from sgrec_ray.judge.rows import (
     JudgePrompts,
     JudgeRequest,
     JudgeResult,
+    StageWork,
+    prompt_spec,
     request_contexts,
     requests_from_batch,
     score_columns,
@@ -51,7 +59,7 @@ class Judge:
         self.prompts = JudgePrompts(cfg, self.engine.tokenizer, items, users)
         self.spec, self.builder = self.prompts.spec, self.prompts.builder
         self.prompt_hash = self.spec.prompt_hash
-        self.model = model_id(cfg)
+        self.model = llm_model_id(cfg)
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -175,3 +183,47 @@ class Judge:
         return [
             r._replace(evidence=evidence[j]) if j in evidence else r for j, r in enumerate(results)
         ]
+
+
+class TransformersJudgeEngine:
+    """``judge.engine: transformers`` in the engine registry (:mod:`sgrec_ray.judge.registry`):
+    :class:`Judge` in-process, and as the judge stage's Ray Data actor pool (CPU or GPU)."""
+
+    name = "transformers"
+    language_model = True
+    in_process = True
+    rules: tuple = ()
+
+    def model_id(self, cfg: JudgeSection) -> str:
+        return llm_model_id(cfg)
+
+    def scoring(self, cfg: JudgeSection) -> str:
+        return cfg.scoring
+
+    def preflight(self, cfg: JudgeSection) -> None:
+        if cfg.adapter is not None and importlib.util.find_spec("peft") is None:
+            raise JudgeSetupError("judge.adapter needs the package 'peft': `pip install peft`")
+
+    def prompt_hash(self, ctx: Any, cfg: JudgeSection) -> str:
+        return prompt_spec(cfg).prompt_hash
+
+    def stage_batches(self, work: StageWork) -> Iterator[pa.Table]:
+        import ray
+
+        cfg = work.ctx.cfg.judge
+        ds = ray.data.from_arrow(work.chunks)  # one block per chunk: one actor call, one part file
+        out = ds.map_batches(
+            Judge,
+            fn_constructor_kwargs={"cfg": cfg, "items": work.items, "users": work.users},
+            batch_size=None,
+            batch_format="numpy",
+            concurrency=cfg.concurrency,
+            num_cpus=cfg.cpus_per_actor,
+            num_gpus=cfg.gpus_per_actor,
+        )
+        return out.iter_batches(batch_size=None, batch_format="pyarrow")
+
+    def in_process_judge(
+        self, ctx: Any, cfg: JudgeSection, items: pa.Table, users: pa.Table | None
+    ) -> Judge:
+        return Judge(cfg, items, users)

@@ -4,8 +4,9 @@ Recipe: check the model and engine (fail fast); read the split's samples; build 
 (target, SFT beams, hard and random negatives); drop the pairs already judged by an earlier,
 interrupted run; stream the rest through a Ray Data actor pool of :class:`Judge` (or the vLLM
 processor) in chunks of whole users; write each finished chunk as one Parquet part file; report.
-``judge.engine: embedding`` scores the same chunks in this process from the sid stage's item
-embeddings (no model to load, microseconds per pair: an actor pool would only add overhead).
+How chunks become scores is the engine's (``JudgeEngine.stage_batches``, looked up by
+``judge.engine`` in :mod:`sgrec_ray.judge.registry`): an actor pool of the transformers judge,
+vLLM's ``ray.data.llm`` processor, or in this process for the embedding engine.
 
 Output, ``<run>/judge/``:
   ``candidates.parquet``  the candidate sets (user_id, history, timestamp, item_idx, origin, split)
@@ -22,7 +23,6 @@ import itertools
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -37,13 +37,14 @@ from sgrec_ray.judge import candidates as cands
 from sgrec_ray.judge.checks import preflight
 from sgrec_ray.judge.engines import ModelRef, model_id
 from sgrec_ray.judge.prompts import PromptSpec
+from sgrec_ray.judge.registry import judge_engine
 from sgrec_ray.judge.rows import (
+    StageWork,
     prompt_spec,
     request_contexts,
     requests_from_batch,
     scores_schema,
 )
-from sgrec_ray.judge.scoring import Judge
 from sgrec_ray.runs import RunContext, StageResult
 
 log = logging.getLogger(__name__)
@@ -189,20 +190,17 @@ def judge_pending(
     """Judge the candidate pairs not yet in ``scores/``; one part file per finished chunk.
 
     ``max_chunks`` stops after that many chunks (what an interruption leaves behind; for tests).
-    ``engine``: judge.engine=vllm only, a stand-in for the vLLM engine stage (tests; see
+    ``engine``: handed to ``JudgeEngine.stage_batches`` as its test seam (judge.engine=vllm: a
+    stand-in for the vLLM engine stage, see
     :func:`~sgrec_ray.judge.vllm_engine.build_judge_processor`).
     Returns this run's counts: pairs judged, chunks written, seconds, prompt tokens, and the
     prompt hash the rows carry.
     """
     cfg = ctx.cfg.judge
     out_dir = ctx.path(STAGE, SCORES_DIR)
-    embedder = None
-    if cfg.engine == "embedding":
-        from sgrec_ray.judge.embedding_engine import EmbeddingJudge, load_vectors
-
-        embedder = EmbeddingJudge(cfg, load_vectors(ctx))
-    phash = embedder.prompt_hash if embedder is not None else prompt_spec(cfg).prompt_hash
-    identity = (phash, model_id(cfg), cfg.adapter)
+    judge = judge_engine(cfg.engine)
+    phash = judge.prompt_hash(ctx, cfg)
+    identity = (phash, judge.model_id(cfg), cfg.adapter)
     keys = candidate_keys(candidates, prompt_spec(cfg))
     done = _existing_keys(out_dir, identity, set(keys), scores_schema(cfg.aspects))
     mask = [k not in done for k in keys]
@@ -228,11 +226,7 @@ def judge_pending(
     )
     started = time.time()
     target = scores_schema(cfg.aspects)
-    if embedder is not None:
-        batches: Iterator[pa.Table] = (embedder.score_table(c) for c in chunks)
-    else:
-        assert ref is not None  # preflight resolved the model of every LLM engine
-        batches = _score_batches(chunks, cfg, ref, items, users, engine)
+    batches = judge.stage_batches(StageWork(ctx, chunks, items, users, ref, engine))
     try:
         for batch in batches:
             table = conform(batch, target)
@@ -279,33 +273,6 @@ def user_chunks(table: pa.Table, size: int) -> list[pa.Table]:
     if start < len(users):
         chunks.append(table.slice(start, len(users) - start))
     return chunks
-
-
-def _score_batches(
-    chunks: list[pa.Table],
-    cfg: JudgeSection,
-    ref: ModelRef,
-    items: pa.Table,
-    users: pa.Table | None,
-    engine: type | None = None,
-) -> Iterator[pa.Table]:
-    import ray
-
-    ds = ray.data.from_arrow(chunks)  # one block per chunk: one actor call, one part file
-    if cfg.engine == "vllm":
-        from sgrec_ray.judge.vllm_engine import vllm_scores
-
-        return vllm_scores(ds, cfg, ref, items, users, engine)
-    out = ds.map_batches(
-        Judge,
-        fn_constructor_kwargs={"cfg": cfg, "items": items, "users": users},
-        batch_size=None,
-        batch_format="numpy",
-        concurrency=cfg.concurrency,
-        num_cpus=cfg.cpus_per_actor,
-        num_gpus=cfg.gpus_per_actor,
-    )
-    return out.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
 def conform(batch: pa.Table, target: pa.Schema) -> pa.Table:
@@ -467,7 +434,7 @@ def summarize(
         "model": model_id(cfg),
         "adapter": cfg.adapter,
         "engine": cfg.engine,
-        "scoring": "cosine" if cfg.engine == "embedding" else cfg.scoring,
+        "scoring": judge_engine(cfg.engine).scoring(cfg),
         "prompt_hash": stats.get("prompt_hash") or prompt_spec(cfg).prompt_hash,
         "split": cfg.split,
     }

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,11 +31,18 @@ import pyarrow as pa
 from sgrec_ray import storage
 from sgrec_ray.config import JudgeSection
 from sgrec_ray.judge import prompts
-from sgrec_ray.judge.engines import JudgeSetupError, ModelRef, load_tokenizer, model_id
+from sgrec_ray.judge.engines import (
+    JudgeSetupError,
+    ModelRef,
+    is_gguf,
+    llm_model_id,
+    load_tokenizer,
+)
 from sgrec_ray.judge.rows import (
     JudgePrompts,
     JudgeRequest,
     JudgeResult,
+    StageWork,
     prompt_spec,
     request_contexts,
     requests_from_batch,
@@ -51,6 +57,17 @@ ENGINE_STAGE = "vLLMEngineStage"  # the processor's stage name in Ray 2.60 (Proc
 LORA_SCHEMES = ("s3://", "gs://", "abfss://", "azure://")
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
 MAX_LOGPROB_TOKEN_IDS = 128  # vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS (0.29)
+# vLLM 0.29 has no GGUF loader or quantisation method (model_executor/model_loader/__init__.py,
+# layers/quantization/__init__.py): a .gguf path fails in transformers_utils/config.py get_config
+# ("Invalid repository ID or local directory specified") while the engine actor builds its
+# config, after a GPU node started. So it is refused when the config loads.
+NO_GGUF = (
+    ("judge.engine", "judge.model", "judge.gguf_file"),
+    lambda c: not is_gguf(c.judge),
+    "a Hugging Face model folder, URI or id with engine vllm, not a GGUF checkpoint (vLLM 0.29 "
+    "loads no GGUF): run `sgrec export-judge CONFIG` (writes the judge as safetensors to "
+    "<run.storage>/<run.name>/judge_model) and set judge.model to that folder",
+)
 # Columns a slot row carries through the processor (kept on error rows too).
 SLOT_COLUMNS = (
     "user_id",
@@ -103,22 +120,34 @@ def check_options(cfg: JudgeSection) -> None:
         raise JudgeSetupError(f"judge.scale={cfg.scale}: vLLM scores at most 128 tokens")
 
 
-def require_gpu(cfg: JudgeSection) -> None:
-    """Refuse to start when no node has, or can scale up to, the GPUs one engine needs.
+def require_gpu(
+    cfg: JudgeSection, capacity: Callable[[], tuple[float, float | None]] | None = None
+) -> None:
+    """Refuse to start only when Ray reports a known maximum without the GPUs one engine needs.
 
-    A vLLM actor without a GPU waits forever (RAY_NOTES.md); a GPU group that autoscales from 0
-    counts (``ray_utils.gpu_capacity``).
+    A vLLM actor without a GPU waits forever (RAY_NOTES.md), so a cluster that can never have one
+    is refused in seconds. Unknown capacity (every KubeRay cluster in Ray 2.60: no writer of the
+    cluster config, ``ray_utils.max_cluster_resources``) warns once and proceeds, as Ray Train
+    does: the autoscaler adds a GPU node when the engine asks for one. ``capacity``: (GPUs now,
+    most or None), default :func:`~sgrec_ray.ray_utils.gpu_capacity`.
     """
-    from sgrec_ray.ray_utils import can_get_gpus, gpu_capacity
+    from sgrec_ray.ray_utils import can_get_gpus, gpu_capacity, warn_once
 
     need = gpus_per_engine(cfg)
-    now, most = gpu_capacity()
+    now, most = (capacity or gpu_capacity)()
     if not can_get_gpus(now, most, need):
-        scale = "no autoscaler config" if most is None else f"at most {most:g} after autoscaling"
         raise JudgeSetupError(
             f"judge.engine=vllm needs {need} GPU(s) per engine; the Ray cluster has {now:g} now "
-            f"({scale}), and a vLLM actor would wait forever for one: add a GPU worker group "
-            "(maxReplicas > 0) or use judge.engine=transformers on CPU"
+            f"and at most {most:g} after autoscaling, so a vLLM actor would wait forever for "
+            "one: add a GPU worker group (maxReplicas > 0) or use judge.engine=transformers on CPU"
+        )
+    if now < need and most is None:
+        warn_once(
+            "vllm-gpu-capacity",
+            f"judge.engine=vllm needs {need} GPU(s) per engine and the Ray cluster has {now:g} "
+            "now; its maximum is unknown (Ray 2.60 reports none under KubeRay), so the judge "
+            "starts and its vLLM actors wait for the autoscaler to add a GPU node. If the "
+            "cluster has no GPU worker group they wait forever: stop the job and add one.",
         )
 
 
@@ -165,7 +194,12 @@ def lora_rank(adapter: str) -> int:
 
 
 def model_source(ref: ModelRef) -> str:
-    return os.path.join(ref.path, ref.gguf_file) if ref.gguf_file else ref.path
+    """What vLLM loads: a Hugging Face folder, model id or cloud URI (ray.llm downloads
+    ``s3://``/``gs://`` sources itself). Never a GGUF file: vLLM 0.29 has no GGUF loader, and the
+    config rule :data:`NO_GGUF` refuses one at load (``sgrec export-judge`` writes the folder)."""
+    if ref.gguf_file:  # config_rules refused this; a caller that skipped validation ends here
+        raise JudgeSetupError(f"judge.model: {NO_GGUF[2]}")
+    return ref.path
 
 
 def processor_config(cfg: JudgeSection, ref: ModelRef) -> Any:
@@ -177,6 +211,11 @@ def processor_config(cfg: JudgeSection, ref: ModelRef) -> Any:
         "max_logprobs": max(20, cfg.scale),
         "max_model_len": cfg.max_prompt_tokens + 64,  # the prompt budget plus the one new token
         "tensor_parallel_size": gpus_per_engine(cfg),
+        # The transformers engine's precision, so both engines give the same scores: with "auto"
+        # vLLM 0.29 downcasts a float32 checkpoint (what export-judge writes) to the platform's
+        # first dtype, bf16 on CUDA (config/model.py _resolve_auto_dtype). float32 runs on its
+        # FlexAttention and Triton attention backends; for a big judge set bfloat16 here.
+        "dtype": "float32",
     }
     lora: dict[str, Any] = {}
     if cfg.adapter is not None:
@@ -392,7 +431,7 @@ def vllm_scores(
         num_cpus=cfg.cpus_per_actor,
     )
     processor = build_judge_processor(cfg, ref, score_ids, engine)
-    identity = (spec.prompt_hash, model_id(cfg), cfg.adapter)
+    identity = (spec.prompt_hash, llm_model_id(cfg), cfg.adapter)
     merger = SlotMerger(spec.aspects, len(score_ids))
     wanted = [*SLOT_COLUMNS, "score_logprobs", "__inference_error__"]
     batches = processor(rows).iter_batches(
@@ -411,3 +450,43 @@ def vllm_scores(
         close = getattr(batches, "close", None)
         if close is not None:
             close()  # stops the streaming executor when the stage leaves early
+
+
+class VllmJudgeEngine:
+    """``judge.engine: vllm`` in the engine registry (:mod:`sgrec_ray.judge.registry`): the judge
+    stage's ``ray.data.llm`` processor on GPU clusters; nothing in-process."""
+
+    name = "vllm"
+    language_model = True
+    in_process = False
+    rules = (NO_GGUF,)
+
+    def model_id(self, cfg: JudgeSection) -> str:
+        return llm_model_id(cfg)
+
+    def scoring(self, cfg: JudgeSection) -> str:
+        return cfg.scoring
+
+    def preflight(self, cfg: JudgeSection) -> None:
+        check_options(cfg)
+        require_vllm()
+        require_gpu(cfg)
+        if cfg.adapter is not None:
+            lora_plan(cfg.adapter)  # a storage vLLM cannot read fails here
+
+    def prompt_hash(self, ctx: Any, cfg: JudgeSection) -> str:
+        return prompt_spec(cfg).prompt_hash
+
+    def stage_batches(self, work: StageWork) -> Iterator[pa.Table]:
+        import ray
+
+        assert work.ref is not None  # checks.preflight resolved every language model's model
+        ds = ray.data.from_arrow(work.chunks)  # one block per chunk
+        return vllm_scores(ds, work.ctx.cfg.judge, work.ref, work.items, work.users, work.stand_in)
+
+    def in_process_judge(
+        self, ctx: Any, cfg: JudgeSection, items: pa.Table, users: pa.Table | None
+    ) -> Any:
+        raise JudgeSetupError(
+            "judge.engine=vllm runs only as the judge stage's processor (checks.require_in_process)"
+        )

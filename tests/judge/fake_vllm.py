@@ -5,11 +5,15 @@ same ``udf``, same per-row error handling that writes ``__inference_error__``) w
 ``vLLMEngineWrapper`` replaced by :class:`FakeEngine`, which does what vLLM 0.29 does with one
 request, read from its source:
 
+- loads what vLLM 0.29 loads and refuses the rest as it does: a local path needs a ``config.json``
+  (``transformers_utils/config.py`` ``get_config``; vLLM has no GGUF loader, so a ``.gguf`` file
+  fails there), and the weights are read from that Hugging Face folder, never through GGUF;
 - rejects ``SamplingParams`` keys vLLM 0.29 does not have, ``logprob_token_ids`` over 128 ids, and
   prompts that leave no room for a new token within ``max_model_len`` (``input_processor.py``);
 - resolves a LoRA request as ``_maybe_get_lora_request`` does (a row whose ``model`` differs from
   the base model; ray.llm's own ``download_lora_adapter`` with ``dynamic_lora_loading_path``) and
   fails the row when the adapter folder is missing, as vLLM would;
+- computes in float32, the ``dtype`` the processor asks for (and refuses any other);
 - answers with the raw (full-vocabulary) log-probabilities of exactly ``logprob_token_ids`` and a
   greedy token among ``allowed_token_ids``, computed by the real judge model on CPU;
 - keeps a block prefix cache like vLLM's (16-token blocks, hashed by their whole prefix; a request
@@ -21,6 +25,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from ray.llm._internal.batch.stages.common import maybe_convert_ndarray_to_list
@@ -81,6 +86,7 @@ ENGINE_KEYS = frozenset(
         "enable_lora",
         "max_lora_rank",
         "logprobs_mode",
+        "dtype",
         "task_type",
         "distributed_executor_backend",
         "enable_log_requests",
@@ -88,6 +94,27 @@ ENGINE_KEYS = frozenset(
 )
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 BLOCK = 16
+
+
+def check_model_config(model: str) -> None:
+    """vLLM 0.29's ``get_config`` with ``config_format="auto"`` (transformers_utils/config.py):
+    a model needs ``config.json`` (HF) or ``params.json`` next to ``consolidated*.safetensors``
+    (Mistral); ``repo_utils.file_or_path_exists`` looks inside an existing local path, else in the
+    hub cache (offline here: nothing). Any other model, a ``.gguf`` file included, raises this."""
+    local = Path(model)
+    mistral = (local / "params.json").is_file() and any(local.glob("consolidated*.safetensors"))
+    if not (local.exists() and ((local / "config.json").is_file() or mistral)):
+        raise ValueError(
+            "Invalid repository ID or local directory specified:"
+            f" '{model}'.\nPlease verify the following requirements:\n"
+            "1. Provide a valid Hugging Face repository ID.\n"
+            "2. Specify a local directory that contains a recognized "
+            "configuration file.\n"
+            "   - For Hugging Face models: ensure the presence of a "
+            "'config.json'.\n"
+            "   - For Mistral models: ensure the presence of a "
+            "'params.json'.\n"
+        )
 
 
 class PrefixCache:
@@ -143,11 +170,14 @@ class FakeEngine:
             LORA_RANKS
         ):
             raise ValueError(f"max_lora_rank must be one of {LORA_RANKS}")
+        check_model_config(model)  # while the engine builds its config, before any weights
+        if engine_kwargs.get("dtype", "auto") not in ("float32", "float"):
+            # vLLM would run a float32 checkpoint in bf16 ("auto" downcasts on CUDA); this fake
+            # computes in float32 only, so it refuses rather than pretend to match.
+            raise NotImplementedError(f"fake vLLM: dtype {engine_kwargs.get('dtype', 'auto')!r}")
         self.model, self.kwargs, self.idx = model, engine_kwargs, idx_in_batch_column
         self.dynamic_lora_loading_path = dynamic_lora_loading_path
-        path, gguf = (os.path.dirname(model), os.path.basename(model))
-        ref = ModelRef(path, gguf) if model.endswith(".gguf") else ModelRef(model, None)
-        self.base = TransformersEngine(ref)
+        self.base = TransformersEngine(ModelRef(model, None))  # the HF folder, as vLLM reads it
         self.loras: dict[str, Any] = {}
         self._kv: dict[int, tuple[tuple[int, ...], Any]] = {}
         self.cache = PrefixCache()

@@ -13,13 +13,14 @@ from sgrec_ray import pipeline, storage
 from sgrec_ray.config import ConfigError, load_config
 from sgrec_ray.judge.checks import preflight
 from sgrec_ray.judge.embedding_engine import (
+    EMBEDDING_MODEL_ID,
     EmbeddingJudge,
     aspect_scores,
     identity_hash,
     load_vectors,
     to_scale,
 )
-from sgrec_ray.judge.engines import EMBEDDING_MODEL_ID, JudgeSetupError, make_engine
+from sgrec_ray.judge.engines import JudgeSetupError, make_engine
 from sgrec_ray.judge.rows import JudgeRequest
 from sgrec_ray.runs import RunContext
 from tests.conftest import REPO
