@@ -84,7 +84,9 @@ def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = Fa
         pipeline.run_stage(ctx, name)
     if semantic is None and judge_needed:
         from sgrec_ray.judge.reward_service import start_reward_service
+        from sgrec_ray.rl.a2po import require_room_for_service
 
+        require_room_for_service(cfg)
         semantic = start_reward_service(cfg)
     scorer = _Scorer(ctx, semantic)
     prompts = run_prompts(ctx)

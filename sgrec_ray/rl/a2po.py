@@ -100,6 +100,27 @@ class Prompts:
         return len(self.user_ids)
 
 
+def require_room_for_service(cfg: Config) -> None:
+    """Refuse, in seconds, RL workers that cannot fit beside the semantic reward service.
+
+    The service actor holds ``aggregate.service_cpus`` for the whole run; on a local cluster
+    (which cannot grow) Ray Train would otherwise wait for the workers' CPUs forever. A cluster
+    reached by address may autoscale, so it is left to Ray.
+    """
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS") or not ray.is_initialized():
+        return
+    total = float(ray.cluster_resources().get("CPU", 0.0))
+    workers = cfg.rl.num_workers * cfg.rl.cpus_per_worker
+    need = workers + cfg.aggregate.service_cpus
+    if need > total:
+        raise ValueError(
+            f"rl.num_workers x rl.cpus_per_worker = {workers:g} CPUs plus "
+            f"aggregate.service_cpus = {cfg.aggregate.service_cpus:g} for the semantic reward "
+            f"service need {need:g}, but this local Ray cluster has {total:g}: lower one of them "
+            "(the service holds its CPUs for the whole run, so the RL workers would never start)"
+        )
+
+
 def uses_judge(rl: RlSection) -> bool:
     """Whether a run calls the PSJ: grpo ignores semantics, so it never pays for the judge."""
     return rl.semantic_rate > 0 and rl.advantage != "grpo"
@@ -142,6 +163,7 @@ def run(ctx: RunContext) -> StageResult:
         upstream["aggregate"] = ctx.require("aggregate")["fingerprint"]
         from sgrec_ray.judge.reward_service import start_reward_service
 
+        require_room_for_service(cfg)
         semantic = start_reward_service(cfg)
     items = storage.read_table(ctx.path("data", schema.ITEMS_FILE))
     fp = fingerprint(cfg, ("rl", "run_seed"), upstream)

@@ -232,3 +232,24 @@ def test_the_sft_is_a_candidate_for_the_exported_step():
     assert summarize(tie, 1.0)["valid"]["best_step"] == 10
     lines = valid_lines(summarize([ref, *steps], 1.0)["valid"])
     assert "no RL step beat it (best 0.07308)" in lines[0] and "SFT checkpoint" in lines[0]
+
+
+def test_rl_workers_that_cannot_fit_beside_the_reward_service_fail_fast(monkeypatch):
+    import dataclasses
+
+    import ray
+
+    from sgrec_ray.config import load_config
+    from sgrec_ray.rl.a2po import require_room_for_service
+    from tests.conftest import REPO
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    cfg = load_config(REPO / "configs" / "ml100k.yaml")
+    require_room_for_service(cfg)  # the shipped laptop config fits: 2 + 0
+    tight = dataclasses.replace(cfg, aggregate=dataclasses.replace(cfg.aggregate, service_cpus=1.0))
+    with pytest.raises(ValueError, match=r"need 3 .* has 2: lower one of them"):
+        require_room_for_service(tight)
+    remote = dataclasses.replace(tight, ray=dataclasses.replace(tight.ray, address="10.0.0.1:6379"))
+    require_room_for_service(remote)  # a cluster reached by address may grow: left to Ray
