@@ -249,7 +249,7 @@ def test_rl_workers_that_cannot_fit_beside_the_reward_service_fail_fast(monkeypa
     cfg = load_config(REPO / "configs" / "ml100k.yaml")
     require_room_for_service(cfg)  # the shipped laptop config fits: 2 + 0
     tight = dataclasses.replace(cfg, aggregate=dataclasses.replace(cfg.aggregate, service_cpus=1.0))
-    with pytest.raises(ValueError, match=r"need 3 .* has 2: lower one of them"):
+    with pytest.raises(ValueError, match=r"need 3, but this local Ray cluster has 2: lower one of them"):
         require_room_for_service(tight)
     remote = dataclasses.replace(tight, ray=dataclasses.replace(tight.ray, address="10.0.0.1:6379"))
     require_room_for_service(remote)  # a cluster reached by address may grow: left to Ray
