@@ -249,7 +249,38 @@ def test_rl_workers_that_cannot_fit_beside_the_reward_service_fail_fast(monkeypa
     cfg = load_config(REPO / "configs" / "ml100k.yaml")
     require_room_for_service(cfg)  # the shipped laptop config fits: 2 + 0
     tight = dataclasses.replace(cfg, aggregate=dataclasses.replace(cfg.aggregate, service_cpus=1.0))
-    with pytest.raises(ValueError, match=r"need 3, but this local Ray cluster has 2: lower one of them"):
+    with pytest.raises(
+        ValueError, match=r"need 3, but this local Ray cluster has 2: lower one of them"
+    ):
         require_room_for_service(tight)
     remote = dataclasses.replace(tight, ray=dataclasses.replace(tight.ray, address="10.0.0.1:6379"))
     require_room_for_service(remote)  # a cluster reached by address may grow: left to Ray
+
+
+def test_positives_are_the_users_next_training_items_rebuilt_from_the_windows(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sgrec_ray.data.split import train_windows
+
+    seq = list(range(100, 130))  # one user's 30 training items
+    rows = {"user_id": [], "items": [], "loss_from": []}
+    for start, end, loss_from in train_windows(len(seq), max_history=10, stride=5):
+        rows["user_id"].append("u1")
+        rows["items"].append(seq[start:end])
+        rows["loss_from"].append(loss_from)
+    rows["user_id"].append("u2")  # a second user, one short window
+    rows["items"].append([7, 8, 9])
+    rows["loss_from"].append(1)
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.table(rows), path)
+    prompts = load_prompts(str(path), max_history=10, positives_k=3)
+    for target, positives, user in zip(
+        prompts.targets, prompts.positives, prompts.user_ids, strict=True
+    ):
+        if user == "u2":
+            assert positives == [9]  # the user's last training item: nothing after it
+            continue
+        at = seq.index(int(target))
+        assert positives == seq[at : at + 3]  # the target, then the next two, never past the end
+    assert load_prompts(str(path), 10).positives == [[int(t)] for t in prompts.targets]
