@@ -99,7 +99,7 @@ def nll_arm(ctx: Any, start: str, force: bool) -> tuple[str, dict[str, Any]]:
 
     from sgrec_ray import storage
     from sgrec_ray.generator.model import load_generator, save_generator
-    from sgrec_ray.generator.validate import choose_weight, validation_ndcg
+    from sgrec_ray.generator.validate import choose_weight, ndcg_by_weight, validation_rankings
     from sgrec_ray.rl.a2po import load_valid, make_optimizer, prompt_indices, run_prompts
     from sgrec_ray.rl.a2po import total_steps as rl_steps
     from sgrec_ray.rl.policy import ServedScorer
@@ -122,10 +122,11 @@ def nll_arm(ctx: Any, start: str, force: bool) -> tuple[str, dict[str, Any]]:
     weights = list(cfg.sft.rerank_weights) or [0.0]
 
     def validate() -> float:
-        scores = validation_ndcg(
-            model, v_hist, v_tgt, scorer.item_tokens, scorer.trie, scorer.token_map,
+        rankings = validation_rankings(
+            model, v_hist, scorer.item_tokens, scorer.trie, scorer.token_map,
             cfg.sft.valid_beam_width, weights,
         )  # fmt: skip
+        scores = ndcg_by_weight(rankings, v_tgt)
         scorer.weight = choose_weight(scores)
         return scores[scorer.weight]
 

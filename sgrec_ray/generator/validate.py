@@ -78,23 +78,10 @@ def validation_rankings(
     return result
 
 
-def validation_ndcg(
-    model: torch.nn.Module,
-    histories: Sequence[Sequence[int]],
-    targets: Sequence[int],
-    item_tokens: np.ndarray,
-    trie: SidTrie,
-    token_map: np.ndarray,
-    beam_width: int,
-    weights: Sequence[float],
-    k: int = 10,
-    batch_size: int = 64,
-    device: str = "cpu",
+def ndcg_by_weight(
+    rankings: dict[float, list[list[int]]], targets: Sequence[int], k: int = 10
 ) -> dict[float, float]:
-    """{rerank weight: NDCG@k} on (history, target) samples, full catalogue, plain setting."""
-    rankings = validation_rankings(
-        model, histories, item_tokens, trie, token_map, beam_width, weights, k, batch_size, device
-    )
+    """{rerank weight: NDCG@k} of :func:`validation_rankings`' lists against the targets."""
     return {w: ndcg(target_ranks(ranked, targets), k) for w, ranked in rankings.items()}
 
 
@@ -119,7 +106,7 @@ def validate_on_rank0(
     world: int,
     device: torch.device,
 ) -> dict[float, float]:
-    """:func:`validation_ndcg` inside a Ray Train loop: computed on rank 0, broadcast to the rest.
+    """Validation NDCG@10 by weight inside a Ray Train loop: computed on rank 0, broadcast to the rest.
 
     Every rank then takes the same decision (stop, keep this checkpoint) from the same figure,
     and the other ranks do not beam-search the same users again.
@@ -129,17 +116,11 @@ def validate_on_rank0(
     ws = [float(w) for w in weights]
     values = torch.zeros(len(ws), dtype=torch.float64, device=device)
     if rank == 0:
-        scores = validation_ndcg(
-            unwrap(model),
-            histories,
-            targets,
-            item_tokens,
-            trie,
-            token_map,
-            beam_width=beam_width,
-            weights=ws,
+        rankings = validation_rankings(
+            unwrap(model), histories, item_tokens, trie, token_map, beam_width, ws,
             device=str(device),
-        )
+        )  # fmt: skip
+        scores = ndcg_by_weight(rankings, targets)
         values = torch.tensor([scores[w] for w in ws], dtype=torch.float64, device=device)
     if world > 1 and torch.distributed.is_initialized():
         torch.distributed.broadcast(values, src=0)

@@ -10,7 +10,7 @@ from sgrec_ray.eval.metrics import ndcg, target_ranks
 from sgrec_ray.generator.decode import constrained_beam_search, item_log_probs
 from sgrec_ray.generator.encoding import IGNORE, collate, item_labels, training_example
 from sgrec_ray.generator.item_scores import blend, incidence, item_logits, item_loss
-from sgrec_ray.generator.validate import validation_ndcg
+from sgrec_ray.generator.validate import ndcg_by_weight, validation_rankings
 from sgrec_ray.sid.trie import SidTrie, SidVocab
 from tests.generator.conftest import HISTORIES
 from tests.generator.gen_synthetic import vocab_size
@@ -100,9 +100,10 @@ def test_validation_scores_every_weight_like_the_search_would(model, item_tokens
     trie = SidTrie.from_tokens(item_tokens, SidVocab.infer(item_tokens))
     targets = [4, 0, 11, 19, 3]
     tmap = np.arange(vocab_size())
-    got = validation_ndcg(
-        model, HISTORIES, targets, item_tokens, trie, tmap, beam_width=6, weights=[0.0, 0.5]
+    rankings = validation_rankings(
+        model, HISTORIES, item_tokens, trie, tmap, beam_width=6, weights=[0.0, 0.5]
     )
+    got = ndcg_by_weight(rankings, targets)
     for w, value in got.items():
         found = constrained_beam_search(
             model, HISTORIES, item_tokens, beam_width=10, k=10, rerank_weight=w, trie=trie
