@@ -29,6 +29,7 @@ import math
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -156,10 +157,10 @@ def nll_arm(ctx: Any, start: str, force: bool) -> tuple[str, dict[str, Any]]:
                 best = (ndcg, done_steps, scorer.weight, state)
     model.load_state_dict(best[3])
     meta = dataclasses.replace(gen.meta, rerank_weight=float(best[2]), valid_ndcg=best[0])
-    local = Path(os.environ.get("TMPDIR", "/tmp")) / f"sgrec-nll-{os.getpid()}"
-    save_generator(model, str(local), meta, np.asarray(gen.item_tokens), gen.sid_vocab_json, None)
-    storage.delete_dir(model_uri)
-    storage.upload_dir(str(local), model_uri)
+    with tempfile.TemporaryDirectory() as local:  # written locally, then to the run's storage
+        save_generator(model, local, meta, np.asarray(gen.item_tokens), gen.sid_vocab_json, None)
+        storage.delete_dir(model_uri)
+        storage.upload_dir(local, model_uri)
     metrics = {
         "steps": steps,
         "valid": {"best_step": best[1], "best": round(best[0], 5), "rerank_weight": best[2],
