@@ -77,9 +77,9 @@ def _peak_mb() -> float:
 
 def child(mode: str, path: str, n_items: int) -> dict:
     from sgrec_ray import storage
-    from sgrec_ray.eval.metrics import ranking_metrics, standard_errors
     from sgrec_ray.eval.popularity import popularity_ranking, recommend_popular
     from sgrec_ray.eval.stage import SUFFIX, SampleFile, popularity_rows
+    from sgrec_ray.metrics import ranking_metrics, standard_errors
 
     order = popularity_ranking(np.arange(n_items, dtype=np.int64)[::-1].copy())
     base = _peak_mb()

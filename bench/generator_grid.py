@@ -134,9 +134,9 @@ def prep(runs: Path, out: Path) -> None:
     import pyarrow.parquet as pq
 
     from sgrec_ray.config import load_config
+    from sgrec_ray.data.schema import read_embeddings
     from sgrec_ray.data.split import default_stride, train_windows
     from sgrec_ray.runs import RunContext
-    from sgrec_ray.sid.embed import read_embeddings
     from sgrec_ray.sid.rqkmeans import resolve_collisions, rq_kmeans
     from sgrec_ray.sid.stage import quantisation_input
 
@@ -212,7 +212,6 @@ def train_and_score(cfg: dict[str, Any], inputs: Path, device: str) -> dict[str,
     import torch.nn.functional as F
     from transformers import get_cosine_schedule_with_warmup
 
-    from sgrec_ray.eval.metrics import ranking_metrics
     from sgrec_ray.generator.decode import constrained_beam_search
     from sgrec_ray.generator.encoding import (
         IGNORE,
@@ -230,6 +229,7 @@ def train_and_score(cfg: dict[str, Any], inputs: Path, device: str) -> dict[str,
         build_model,
         param_groups,
     )
+    from sgrec_ray.metrics import ranking_metrics
     from sgrec_ray.sid.trie import SidTrie, SidVocab
 
     SIZES.setdefault("l3", ModelSize(n_layer=3, n_head=4, d_model=128, d_ff=384))

@@ -174,8 +174,8 @@ def nll_arm(ctx: Any, start: str, force: bool) -> tuple[str, dict[str, Any]]:
 def ranks(ctx: Any, model_uri: str, split: str) -> Any:
     """The target's rank per user of ``split`` (every user, plain setting, the eval beam)."""
     from sgrec_ray import storage
-    from sgrec_ray.eval.metrics import target_ranks
     from sgrec_ray.eval.stage import generate_topk
+    from sgrec_ray.metrics import target_ranks
 
     samples = storage.read_table(ctx.path("data", f"{split}.parquet"))
     preds = generate_topk(ctx, samples, model_uri, 10, exclude_seen=False)
@@ -198,7 +198,7 @@ def main() -> None:
 
     from sgrec_ray import pipeline
     from sgrec_ray.config import load_config
-    from sgrec_ray.eval.metrics import hit_rate, ndcg, paired_difference
+    from sgrec_ray.metrics import hit_rate, ndcg, paired_difference
     from sgrec_ray.ray_utils import ensure_ray
     from sgrec_ray.runs import RunContext
 

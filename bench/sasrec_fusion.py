@@ -76,8 +76,8 @@ def main() -> None:
     import pyarrow.parquet as pq
 
     from sgrec_ray.config import load_config
-    from sgrec_ray.eval.metrics import paired_difference, per_user_gains
     from sgrec_ray.generator.decode import Recommender
+    from sgrec_ray.metrics import paired_difference, per_user_gains
     from sgrec_ray.runs import RunContext
     from sgrec_ray.sasrec.model import score_histories
     from sgrec_ray.sasrec.stage import load_sasrec

@@ -3,19 +3,31 @@
 ``sgrec run CONFIG --stages data,sid --set sft.epochs=3`` and
 ``ray job submit -- python jobs/pipeline.py --config CONFIG --set ...`` end in the same call:
 ``sgrec_ray.pipeline.run(cfg, stages, force)``.
+
+The config is loaded in one place per entry point, and every error a user can fix (a bad config
+key, a missing stage, a model not found) reaches :func:`_guarded`, which prints it as one
+``error:`` line. Commands import their packages when they run (``# lazy:``), so ``sgrec --help``
+and ``sgrec config`` start without loading torch or Ray.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import os
 import sys
+import time
 import traceback
+import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
-from sgrec_ray.config import ConfigError, load_config
+from sgrec_ray import storage
+from sgrec_ray.config import Config, load_config
 from sgrec_ray.errors import is_user_error, one_line
+from sgrec_ray.runs import RunContext, resolve_adapter
 
 
 def _guarded(fn: Callable[[], int], debug: bool) -> int:
@@ -65,23 +77,16 @@ def _add_run_args(p: argparse.ArgumentParser, stages_default: str | None) -> Non
     p.add_argument("-v", "--verbose", action="store_true")
 
 
-def _run(config: str, overrides: list[str], stages: str | None, force: bool) -> int:
+def _run(cfg: Config, stages: str | None, force: bool) -> int:
+    # lazy: the pipeline loads torch and Ray
     from sgrec_ray import pipeline
     from sgrec_ray.eval.stage import format_table
 
-    try:
-        cfg = load_config(config, overrides)
-        stage_list = pipeline.parse_stages(stages)
-    except (ConfigError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    report = pipeline.run(cfg, stage_list, force=force)
+    report = pipeline.run(cfg, pipeline.parse_stages(stages), force=force)
     if report.get("methods"):
         print()
         print(format_table(report["methods"]))
-    from sgrec_ray import storage
-
-    print(f"\nreport: {storage.join(pipeline.RunContext(cfg).run_uri, 'report.md')}")
+    print(f"\nreport: {storage.join(RunContext(cfg).run_uri, 'report.md')}")
     return 0
 
 
@@ -95,20 +100,13 @@ def job_main(default_stages: str | None, argv: list[str] | None = None) -> int:
     _add_run_args(p, default_stages)
     args = p.parse_args(argv)
     _setup_logging(args.verbose)
-    return _guarded(lambda: _run(args.config, args.overrides, args.stages, args.force), args.debug)
+    return _guarded(
+        lambda: _run(load_config(args.config, args.overrides), args.stages, args.force), args.debug
+    )
 
 
-def _serve(config: str, overrides: list[str], demo: bool) -> int:
+def _serve(cfg: Config, demo: bool) -> int:
     """``sgrec serve``: the run's latest generator behind Ray Serve on cfg.serve.host:port."""
-    import os
-    import time
-    from pathlib import Path
-
-    try:
-        cfg = load_config(config, overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     # serve_apps/ sits next to the package (repo root, or /home/ray/sgrec-ray in the image); it must
     # be importable here and in the replicas: a local Ray started below inherits PYTHONPATH.
     root = next(
@@ -129,25 +127,19 @@ def _serve(config: str, overrides: list[str], demo: bool) -> int:
     from ray import serve
 
     from serve_apps.recommender import build_app
+
+    # lazy: Ray Serve and the serving packages load only for this command
     from sgrec_ray.ray_utils import ensure_ray
-    from sgrec_ray.serving.auth import AuthConfigError, TokenStore, demo_without_auth
+    from sgrec_ray.serving.auth import TokenStore, demo_without_auth
     from sgrec_ray.serving.sources import resolve_sources
 
     s = cfg.serve
     token = None
     if demo_without_auth(demo, s.host, s.auth_tokens_env, s.auth_tokens_file):
         print(f"auth off: --demo on loopback {s.host}; set {s.auth_tokens_env} to require tokens")
-    else:
-        try:  # fail here, in seconds, rather than in a replica that never becomes healthy
-            token = TokenStore.load(s.auth_tokens_env, s.auth_tokens_file).tokens()[0]
-        except AuthConfigError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-    try:
-        sources = resolve_sources(cfg)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    else:  # fail here, in seconds, rather than in a replica that never becomes healthy
+        token = TokenStore.load(s.auth_tokens_env, s.auth_tokens_file).tokens()[0]
+    sources = resolve_sources(cfg)
     ensure_ray(cfg)
     serve.start(
         http_options={"host": s.host, "port": s.port, "request_timeout_s": s.request_timeout_s}
@@ -172,10 +164,7 @@ def _serve(config: str, overrides: list[str], demo: bool) -> int:
 
 def _demo_request(url: str, data_uri: str, token: str | None) -> None:
     """One real request for the first user of the data, printed as a curl call and its answer."""
-    import urllib.request
-
-    from sgrec_ray import storage
-    from sgrec_ray.data.schema import INTERACTIONS_FILE
+    from sgrec_ray.data.schema import INTERACTIONS_FILE  # lazy: pyarrow, for --demo only
 
     users = storage.read_table(storage.join(data_uri, INTERACTIONS_FILE), columns=["user_id"])
     body = json.dumps({"user_id": users.column("user_id")[0].as_py(), "k": 5})
@@ -190,14 +179,9 @@ def _demo_request(url: str, data_uri: str, token: str | None) -> None:
         print(json.dumps(json.load(response), indent=2))
 
 
-def _experiment(config: str, overrides: list[str], force: bool) -> int:
+def _experiment(cfg: Config, force: bool) -> int:
     """``sgrec experiment``: the RL comparison over seeds + the semantic-rate study (issue 4)."""
-    try:
-        cfg = load_config(config, overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    from sgrec_ray import storage
+    # lazy: the experiment loads torch and Ray
     from sgrec_ray.experiment import run_experiment
     from sgrec_ray.rl.experiment_report import format_experiment_table, format_study_table
 
@@ -224,49 +208,37 @@ def experiment_main(argv: list[str] | None = None) -> int:
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     _setup_logging(args.verbose)
-    return _guarded(lambda: _experiment(args.config, args.overrides, args.force), args.debug)
+    return _guarded(
+        lambda: _experiment(load_config(args.config, args.overrides), args.force), args.debug
+    )
 
 
-def _annotate(args: argparse.Namespace) -> int:
+def _annotate(cfg: Config, args: argparse.Namespace) -> int:
     """``sgrec annotate``: the teacher drafts a review sheet, or a reviewed sheet becomes labels.
 
     Reads the run's data stage (items, interactions); the teacher is ``judge.*`` of the config
     (point ``judge.model`` at a big model, or ``judge.engine`` stays transformers on a GPU).
     """
-    import dataclasses
-
     import pyarrow.compute as pc
 
-    from sgrec_ray import storage
+    # lazy: the judge loads transformers and torch
     from sgrec_ray.align import annotate
     from sgrec_ray.align.labels import item_index
     from sgrec_ray.data import schema
-    from sgrec_ray.runs import RunContext, resolve_adapter
+    from sgrec_ray.judge.checks import check_engine, preflight, require_in_process
+    from sgrec_ray.judge.scoring import Judge
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     cfg = resolve_adapter(cfg)  # the aligned judge can be a teacher too
     if args.action == "draft":  # the teacher runs in-process: refuse what cannot, in seconds
-        from sgrec_ray.judge.checks import preflight, require_in_process
-        from sgrec_ray.judge.engines import JudgeSetupError
-
-        try:
-            require_in_process(cfg.judge, "sgrec annotate draft")
-            preflight(cfg.judge)
-        except JudgeSetupError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        check_engine(cfg)
+        require_in_process(cfg.judge, "sgrec annotate draft")
+        preflight(cfg.judge)
     ctx = RunContext(cfg)
     ctx.require("data")
     items = storage.read_table(ctx.path("data", schema.ITEMS_FILE)).sort_by("item_idx")
     interactions = storage.read_table(ctx.path("data", schema.INTERACTIONS_FILE))
     rejects_uri = args.out + ".rejects.parquet"
     if args.action == "draft":
-        from sgrec_ray.judge.scoring import Judge
-
         users_uri = ctx.path("data", schema.USERS_FILE)
         users = storage.read_table(users_uri) if storage.exists(users_uri) else None
         teacher = Judge(dataclasses.replace(cfg.judge, evidence=True), items, users)
@@ -300,16 +272,11 @@ def _annotate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_judge(args: argparse.Namespace) -> int:
+def _export_judge(cfg: Config, out: str | None) -> int:
     """``sgrec export-judge``: the judge as a safetensors folder for judge.engine=vllm."""
-    from sgrec_ray.judge.export import export_judge
+    from sgrec_ray.judge.export import export_judge  # lazy: transformers and torch
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    written = export_judge(cfg, args.out)
+    written = export_judge(cfg, out)
     print(json.dumps(written, indent=2))
     print(f"use it with: --set judge.engine=vllm --set judge.model={written['out']}")
     return 0
@@ -323,12 +290,14 @@ def export_judge_main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="default: <storage>/<run>/judge_model")
     args = p.parse_args(argv)
     _setup_logging(False)
-    return _guarded(lambda: _export_judge(args), args.debug)
+    return _guarded(
+        lambda: _export_judge(load_config(args.config, args.overrides), args.out), args.debug
+    )
 
 
 def _synth(args: argparse.Namespace) -> int:
     """Write a synthetic log + catalogue and print the figures and the overrides that read it."""
-    from sgrec_ray.data import synth
+    from sgrec_ray.data import synth  # lazy: Ray Data
 
     spec = synth.SynthSpec(
         n_events=args.events,
@@ -443,36 +412,30 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "synth":
         _setup_logging(False)
         return _synth(args)
-    if args.cmd == "export-judge":
-        _setup_logging(False)
-        return _export_judge(args)
-    if args.cmd == "annotate":
-        _setup_logging(False)
-        return _annotate(args)
-    if args.cmd == "experiment":
-        _setup_logging(args.verbose)
-        return _experiment(args.config, args.overrides, args.force)
-    if args.cmd == "run":
-        _setup_logging(args.verbose)
-        return _run(args.config, args.overrides, args.stages, args.force)
-    if args.cmd == "config":
-        try:
-            cfg = load_config(args.config, args.overrides)
-        except ConfigError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        print(json.dumps(cfg.to_dict(), indent=2))
-        return 0
-    if args.cmd == "serve":
-        _setup_logging(args.verbose)
-        return _serve(args.config, args.overrides, args.demo)
     if args.cmd == "stages":
-        from sgrec_ray.pipeline import STAGES
+        from sgrec_ray.pipeline import STAGES  # lazy: reads the table, runs no stage
 
         for s in STAGES.values():
             print(f"{s.name:9s} needs {','.join(s.needs) or '-':16s} config {','.join(s.sections)}")
         return 0
-    return 1
+    # Every other command reads an experiment config: loaded here, once; a ConfigError is one
+    # `error:` line from _guarded.
+    cfg = load_config(args.config, args.overrides)
+    if args.cmd == "config":
+        from sgrec_ray.judge.checks import check_engine  # lazy: the judge package
+
+        check_engine(cfg)  # judge.engine's own rules: the config layer knows no engine
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    _setup_logging(getattr(args, "verbose", False))
+    commands: dict[str, Callable[[], int]] = {
+        "run": lambda: _run(cfg, args.stages, args.force),
+        "serve": lambda: _serve(cfg, args.demo),
+        "experiment": lambda: _experiment(cfg, args.force),
+        "annotate": lambda: _annotate(cfg, args),
+        "export-judge": lambda: _export_judge(cfg, args.out),
+    }
+    return commands[args.cmd]()
 
 
 if __name__ == "__main__":

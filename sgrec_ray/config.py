@@ -18,6 +18,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from sgrec_ray import config_rules
 from sgrec_ray.errors import UserError
 
 
@@ -600,8 +601,6 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def validate(cfg: Config) -> Config:
     """``cfg`` if every numeric key is in its range and every cross-key rule holds (config_rules)."""
-    from sgrec_ray import config_rules
-
     problems = config_rules.check(cfg)
     if problems:
         raise ConfigError("; ".join(problems))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -269,11 +269,6 @@ CROSS_RULES: list[Rule] = [
         "micro_batch <= batch_size (micro-batches accumulate up to one batch)",
     ),
     (
-        ("rl.composite_weights",),
-        lambda c: set(c.rl.composite_weights) <= _composite_parts(),
-        "weights only for the other business rewards (rule, ranker, sasrec)",
-    ),
-    (
         ("rl.business_reward", "rl.composite_weights"),
         lambda c: c.rl.business_reward != "composite" or any(c.rl.composite_weights.values()),
         "a weight above zero with business_reward composite",
@@ -284,27 +279,6 @@ CROSS_RULES: list[Rule] = [
         "negative_max_rating < positive_min_rating (a rating cannot be both)",
     ),
 ]
-
-
-def judge_engine_rules(cfg: Config) -> tuple[list[str], list[Rule]]:
-    """(problems, rules) of ``judge.engine``: an unknown name is a problem naming the registered
-    ones; a known engine brings its own rules (``JudgeEngine.rules``), so an engine's
-    restrictions live in its file and no rule here tests an engine's name."""
-    from sgrec_ray.config import ConfigError
-    from sgrec_ray.judge.registry import judge_engine
-
-    try:
-        return [], list(judge_engine(cfg.judge.engine).rules)
-    except ConfigError as err:
-        return [str(err)], []
-
-
-def _composite_parts() -> set[str]:
-    """Rewards the composite may weight: every business reward but itself (read from the registry,
-    so a new reward is allowed here without a second list)."""
-    from sgrec_ray.rl.rewards import BUSINESS_REWARDS
-
-    return set(BUSINESS_REWARDS) - {"composite"}
 
 
 def _is_number(value: Any) -> bool:
@@ -356,9 +330,17 @@ def check(cfg: Config) -> list[str]:
             problems.append(f"{key}: no allowed range declared (add a line to config_rules.RANGES)")
         elif value not in allowed:
             problems.append(f"{key}: {value!r} is outside the allowed range {allowed}")
-    engine_problems, engine_rules = judge_engine_rules(cfg)
-    problems += engine_problems
-    for keys, holds, text in [*CROSS_RULES, *engine_rules]:
+    return problems + broken(cfg, CROSS_RULES)
+
+
+def broken(cfg: Config, rules: Sequence[Rule]) -> list[str]:
+    """One message per rule of ``rules`` that ``cfg`` breaks, naming every key and its value.
+
+    Rules that belong to a registered component (a judge engine, a business reward) are run by
+    that component's own check with this same wording; the config layer knows no component.
+    """
+    problems = []
+    for keys, holds, text in rules:
         if not holds(cfg):
             values = ", ".join(f"{k}={_get(cfg, k)!r}" for k in keys)
             problems.append(f"{values}: must satisfy {text}")

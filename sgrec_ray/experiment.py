@@ -30,14 +30,30 @@ from typing import Any
 
 import numpy as np
 
-from sgrec_ray import storage
+from sgrec_ray import pipeline, storage
 from sgrec_ray.config import Config
 from sgrec_ray.data import schema
 from sgrec_ray.data.items import genre_matrix
+from sgrec_ray.eval.stage import generate_topk, load_eval_samples
+from sgrec_ray.judge.checks import require_in_process
+from sgrec_ray.judge.reward_service import start_reward_service
+from sgrec_ray.metrics import paired_difference, ranking_metrics, target_ranks
 from sgrec_ray.plots import pyplot, save_png
+from sgrec_ray.ray_utils import ensure_ray
+from sgrec_ray.report import write_report
+from sgrec_ray.rl.a2po import (
+    TELEMETRY_FILE,
+    load_valid,
+    require_room_for_service,
+    run_prompts,
+    train_policy,
+    uses_judge,
+)
 from sgrec_ray.rl.advantages import ADVANTAGES
 from sgrec_ray.rl.experiment_report import KEYS, STAGE, fmt_mean_std
+from sgrec_ray.rl.ranker import item_values, load_ranker
 from sgrec_ray.rl.rewards import reward_models
+from sgrec_ray.rl.telemetry import plot_curves, read_jsonl
 from sgrec_ray.runs import RunContext, StageResult, resolve_adapter, write_manifest
 
 log = logging.getLogger(__name__)
@@ -55,10 +71,6 @@ def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = Fa
             the base run (running judge + aggregate first when they have not finished).
         force: retrain arms that already finished.
     """
-    from sgrec_ray import pipeline
-    from sgrec_ray.ray_utils import ensure_ray
-    from sgrec_ray.rl.a2po import run_prompts, uses_judge
-
     started = time.time()
     ensure_ray(cfg)
     cfg = resolve_adapter(cfg)  # judge.adapter: align → this run's aligned judge
@@ -73,8 +85,6 @@ def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = Fa
         for r in [rate, *ex.study_rates]
     )
     if semantic is None and judge_needed:  # fail in seconds, not after the shared stages ran
-        from sgrec_ray.judge.checks import require_in_process
-
         require_in_process(cfg.judge, "the semantic reward service (sgrec experiment)")
     shared = ["data", "sasrec", "sid", "sft", "eval"]
     models = reward_models(cfg.rl.business_reward, cfg.rl.composite_weights)
@@ -83,9 +93,6 @@ def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = Fa
     for name in shared:
         pipeline.run_stage(ctx, name)
     if semantic is None and judge_needed:
-        from sgrec_ray.judge.reward_service import start_reward_service
-        from sgrec_ray.rl.a2po import require_room_for_service
-
         require_room_for_service(cfg)
         semantic = start_reward_service(cfg)
     scorer = _Scorer(ctx, semantic)
@@ -150,7 +157,6 @@ def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = Fa
         ),
     }
     write_manifest(ctx, STAGE, "experiment", {}, StageResult(metrics=metrics), started)
-    from sgrec_ray.report import write_report
 
     write_report(ctx)
     return metrics
@@ -161,10 +167,8 @@ def paired_vs(
 ) -> dict[str, list[float]] | None:
     """HR@k / NDCG@k of one method minus another on the same users, each averaged over its seeds:
     ``{"hr@10": [difference, standard error], …}`` for every k of ``ks`` (paired,
-    :func:`~sgrec_ray.eval.metrics.paired_difference`). None when a run was scored before its
+    :func:`~sgrec_ray.metrics.paired_difference`). None when a run was scored before its
     per-user ranks were kept."""
-    from sgrec_ray.eval.metrics import paired_difference
-
     if any(r.get("ranks") is None for r in (*rows, *base)):
         return None
     out = {}
@@ -226,9 +230,6 @@ def _arm(
     force: bool,
 ) -> dict[str, Any]:
     """Train (or reuse) one arm and score it; cached in ``<arm folder>/result.json``."""
-    from sgrec_ray.rl.a2po import load_valid, train_policy, uses_judge
-    from sgrec_ray.rl.ranker import item_values
-
     cfg = ctx.cfg
     rl = dataclasses.replace(cfg.rl, advantage=arm, semantic_rate=rate)
     arm_cfg = dataclasses.replace(cfg, rl=rl, run=dataclasses.replace(cfg.run, seed=seed))
@@ -271,8 +272,6 @@ class _Scorer:
     """Scores any generator checkpoint on the eval split with every experiment measure."""
 
     def __init__(self, ctx: RunContext, semantic: Any | None) -> None:
-        from sgrec_ray.eval.stage import load_eval_samples
-
         self.ctx, self.semantic = ctx, semantic
         cfg = ctx.cfg
         self.samples = load_eval_samples(ctx)
@@ -286,8 +285,6 @@ class _Scorer:
         self.ranker = None
         models = reward_models(cfg.rl.business_reward, cfg.rl.composite_weights)
         if "ranker" in models and ctx.manifest("ranker"):
-            from sgrec_ray.rl.ranker import load_ranker
-
             self.ranker = load_ranker(ctx.require("ranker")["outputs"]["model"])
 
     def _liked_targets(self) -> np.ndarray:
@@ -316,9 +313,6 @@ class _Scorer:
         )
 
     def score(self, name: str, model_uri: str) -> dict[str, Any]:
-        from sgrec_ray.eval.metrics import ranking_metrics, target_ranks
-        from sgrec_ray.eval.stage import generate_topk
-
         k = 10
         kmax = max(max(self.ctx.cfg.eval.ks), k)
         preds = generate_topk(
@@ -370,9 +364,6 @@ class _Scorer:
 
 
 def _telemetry(uri: str) -> list[dict[str, Any]]:
-    from sgrec_ray.rl.a2po import TELEMETRY_FILE
-    from sgrec_ray.rl.telemetry import read_jsonl
-
     return read_jsonl(storage.join(uri, TELEMETRY_FILE))
 
 
@@ -446,8 +437,6 @@ def _plots(
     """Bar chart of the table, the rate study, and seed-0 training curves; run-relative paths."""
 
     plt = pyplot()
-
-    from sgrec_ray.rl.telemetry import plot_curves
 
     out: dict[str, str] = {}
     keys = [

@@ -14,7 +14,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sgrec_ray.config import Config
+from sgrec_ray.config import Config, ConfigError
+from sgrec_ray.ray_utils import ensure_ray
+from sgrec_ray.report import write_report
 from sgrec_ray.runs import (
     RunContext,
     StageResult,
@@ -100,7 +102,7 @@ def parse_stages(spec: str | list[str] | None) -> list[str]:
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     unknown = [n for n in names if n not in STAGES]
     if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; known stages: {list(STAGES)}")
+        raise ConfigError(f"unknown stage(s) {unknown}; known stages: {list(STAGES)}")
     return [n for n in STAGES if n in names]
 
 
@@ -129,8 +131,6 @@ def run_stage(ctx: RunContext, name: str) -> dict:
         log.info("stage %-5s up to date (fingerprint %s), skipped; --force reruns it", name, fp)
         return previous
     if stage.uses_ray:
-        from sgrec_ray.ray_utils import ensure_ray
-
         ensure_ray(ctx.cfg)
     # A new attempt folder: the finished output (if any) stays readable until the switch below.
     attempt = new_attempt(ctx, name, fp)
@@ -151,8 +151,6 @@ def run_stage(ctx: RunContext, name: str) -> dict:
 
 def run(cfg: Config, stages: str | list[str] | None = None, force: bool = False) -> dict:
     """Run the requested stages in pipeline order, then rebuild the run report. Returns the report."""
-    from sgrec_ray.report import write_report
-
     raw_cfg = cfg
     cfg = resolve_adapter(cfg)  # judge.adapter: align → this run's adapter URI
     ctx = RunContext(cfg, force=force)
@@ -163,8 +161,6 @@ def run(cfg: Config, stages: str | list[str] | None = None, force: bool = False)
         check_cfg = dataclasses.replace(cfg, judge=dataclasses.replace(cfg.judge, adapter=None))
     if checks:  # fail in seconds, not after an hour of upstream stages
         if any(STAGES[n].uses_ray for n in names):
-            from sgrec_ray.ray_utils import ensure_ray
-
             ensure_ray(cfg)  # some checks ask the cluster (e.g. GPUs for judge.engine=vllm)
         for check in checks:
             _resolve(check)(check_cfg)

@@ -13,7 +13,13 @@ import logging
 from typing import Any
 
 from sgrec_ray import storage
+from sgrec_ray.eval.stage import format_table
 from sgrec_ray.plots import pyplot, save_png
+from sgrec_ray.rl.report_section import (
+    add_rl_sections,  # ranker, a2po
+    rl_markdown,
+    rl_plots,
+)
 from sgrec_ray.runs import RunContext
 
 log = logging.getLogger(__name__)
@@ -58,7 +64,6 @@ def build_report(ctx: RunContext) -> dict[str, Any]:
                 k: v for k, v in metrics.items() if k not in ("methods", "standard_errors")
             }
             report["standard_errors"] = metrics.get("standard_errors", {})
-    from sgrec_ray.rl.report_section import add_rl_sections  # ranker, a2po
 
     add_rl_sections(ctx, report)
     return report
@@ -86,8 +91,6 @@ def _plot_sft_curve(ctx: RunContext) -> str | None:
 
 
 def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
-    from sgrec_ray.eval.stage import format_table
-
     out = [f"# sgrec-ray report: `{report['run']}`", ""]
     ds = report.get("dataset")
     if ds:
@@ -129,7 +132,6 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
     for key, title in (("sasrec", "SASRec (peer)"), ("sft", "SFT")):
         if report.get(key):
             out += [f"## {title}", "", "```", json.dumps(report[key], indent=2), "```", ""]
-    from sgrec_ray.rl.report_section import rl_markdown
 
     out += rl_markdown(report)
     for title, name in plots.items():
@@ -143,7 +145,6 @@ def write_report(ctx: RunContext) -> dict[str, Any]:
     curve = _plot_sft_curve(ctx)
     if curve:
         plots["SFT loss"] = curve
-    from sgrec_ray.rl.report_section import rl_plots
 
     plots.update(rl_plots(ctx, report))
     markdown = render_markdown(report, plots)

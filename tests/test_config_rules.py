@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from sgrec_ray.config import Config, ConfigError, config_from_dict, load_config
 from sgrec_ray.config_rules import CROSS_RULES, RANGES, Range, numeric_fields
+from sgrec_ray.judge import checks as judge_checks
+from sgrec_ray.rl import a2po
 from tests.conftest import REPO
 
 
@@ -75,12 +77,10 @@ def test_out_of_range_values_fail_at_load_naming_key_value_and_range(override, m
             "negative_max_rating < positive_min_rating",
         ),
         (["data.split_ratios=[0.5, 0.5]"], "data.split_ratios=[0.5, 0.5]: must satisfy three"),
-        (["rl.composite_weights={rule: 1, click: 2}"], "weights only for the other business"),
         (
             ["rl.business_reward=composite", "rl.composite_weights={rule: 0}"],
             "a weight above zero with business_reward composite",
         ),
-        (["judge.engine=embedding", "judge.aspects=[context]"], "no 'context' aspect"),
     ],
 )
 def test_cross_key_rules_fail_at_load(overrides, message):
@@ -113,3 +113,15 @@ def test_range_membership_matches_its_printed_interval(lo, width, value, lo_open
     below = value < lo + width if hi_open else value <= lo + width
     assert (value in r) == (above and below)
     assert str(r)[0] == ("(" if lo_open else "[") and str(r)[-1] == (")" if hi_open else "]")
+
+
+def test_a_components_rules_fail_in_its_own_check():
+    """Rules of a registered component (a business reward, a judge engine) are not the config
+    layer's: the config loads, and the stage check that uses the component refuses it, worded
+    like a config rule. (The config layer sits below the packages that register components.)"""
+    cfg = config_from_dict({}, ["rl.composite_weights={rule: 1, click: 2}"])
+    with pytest.raises(ConfigError, match=r"weights only for the other business rewards \(ranker"):
+        a2po.check(cfg)
+    cfg = config_from_dict({}, ["judge.engine=embedding", "judge.aspects=[context]"])
+    with pytest.raises(ConfigError, match="no 'context' aspect with engine embedding"):
+        judge_checks.check(cfg)

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from sgrec_ray.config import JudgeSection
+from sgrec_ray.judge.engines import TransformersEngine, make_engine, merge_adapter
 from sgrec_ray.judge.rows import JudgeRequest, scores_schema
 from sgrec_ray.judge.scoring import Judge
 
@@ -40,8 +41,6 @@ def score_variants(
     Returns per variant: ``labels`` (a scores table, one row per label request, in order),
     ``pairs`` (a scores table), and seconds / pairs per second for each workload.
     """
-    from sgrec_ray.judge.engines import TransformersEngine, make_engine, merge_adapter
-
     base = make_engine(dataclasses.replace(judge_cfg, adapter=None))
     out: dict[str, dict[str, Any]] = {}
     for name, adapter in variants.items():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import logging
 import time
@@ -33,6 +34,10 @@ from sgrec_ray.align.objectives import point_metrics
 from sgrec_ray.align.weak_labels import weak_labels
 from sgrec_ray.config import Config, JudgeSection
 from sgrec_ray.data import schema
+from sgrec_ray.judge.aggregate import fit_weights
+from sgrec_ray.judge.checks import check_engine, preflight
+from sgrec_ray.judge.engines import JudgeSetupError, load_tokenizer, pad_id
+from sgrec_ray.judge.pairs import build_pairs, pairs_to_judge
 from sgrec_ray.judge.rows import JudgePrompts, JudgeRequest
 from sgrec_ray.runs import RunContext, StageResult, aligned_adapter
 
@@ -53,11 +58,7 @@ def base_judge(cfg: Config) -> JudgeSection:
 
 def check(cfg: Config) -> None:
     """Pre-run check: the judge model and engine, peft, and a labels file that exists."""
-    import importlib.util
-
-    from sgrec_ray.judge.checks import preflight
-    from sgrec_ray.judge.engines import JudgeSetupError
-
+    check_engine(cfg)
     preflight(base_judge(cfg))
     if importlib.util.find_spec("peft") is None:
         raise JudgeSetupError("the align stage needs 'peft': `pip install sgrec-ray[judge]`")
@@ -127,8 +128,6 @@ def _split(labels: pa.Table, name: str) -> pa.Table:
 
 def pair_sample(ctx: RunContext, n_users: int | None) -> tuple[Any, list[JudgeRequest]]:
     """Stage B pairs of a seeded user sample (half with held-out pairs) and their judge requests."""
-    from sgrec_ray.judge.pairs import build_pairs, pairs_to_judge
-
     pairset = build_pairs(ctx)
     table = pairset.table
     users = np.asarray(table.column("user_id").to_pylist())
@@ -171,7 +170,6 @@ def _train(
     init: str | None,
 ) -> dict[str, Any]:
     from sgrec_ray.align.train import train_adapter
-    from sgrec_ray.judge.engines import pad_id
 
     name = _run_name(ctx, phase, examples)
     storage_path = ctx.path(STAGE, "train")
@@ -205,10 +203,6 @@ def _train(
 
 def run(ctx: RunContext) -> StageResult:
     import ray
-
-    from sgrec_ray.judge.aggregate import fit_weights
-    from sgrec_ray.judge.checks import preflight
-    from sgrec_ray.judge.engines import load_tokenizer
 
     cfg, judge_cfg = ctx.cfg.align, base_judge(ctx.cfg)
     aspects = list(judge_cfg.aspects)

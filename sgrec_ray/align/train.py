@@ -33,7 +33,7 @@ from sgrec_ray.align.examples import Example
 from sgrec_ray.align.objectives import alignment_reward, answer_logp, sample_answers
 from sgrec_ray.config import AlignSection
 from sgrec_ray.judge.engines import ModelRef, _local
-from sgrec_ray.ray_train import checkpoint_dir, fit, load_state, make_trainer
+from sgrec_ray.ray_train import checkpoint_dir, fit, inject_test_failure, load_state, make_trainer
 from sgrec_ray.rl.advantages import group_normalize
 from sgrec_ray.rl.objective import policy_loss
 
@@ -241,8 +241,6 @@ def train_loop(config: dict[str, Any]) -> None:
             )
             history.append(metrics)
         if config.get("fail_at_step") == step and checkpoint is None and rank == 0:
-            from sgrec_ray.ray_train import inject_test_failure
-
             inject_test_failure()
         if step % every and step < total:
             ray.train.report(metrics)

@@ -8,7 +8,10 @@ people and for serving.
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
+
+from sgrec_ray import storage
 
 # One row per item. Text fields named in data.item_text_fields are extra string columns.
 ITEMS = pa.schema(
@@ -84,3 +87,38 @@ VALID_FILE = "valid.parquet"  # SAMPLES
 TEST_FILE = "test.parquet"  # SAMPLES
 STATS_FILE = "stats.json"
 SID_CODES_FILE = "sid_codes.parquet"  # SID_CODES; only when the source ships SIDs (minionerec)
+
+# Item vectors, one row per item: the sid stage's text embeddings (``<run>/sid/embeddings.parquet``)
+# and the sasrec stage's collaborative vectors (``<run>/sasrec/item_vectors.parquet``). Here, below
+# both stages, so neither imports the other to read what the other wrote.
+EMBEDDINGS_FILE = "embeddings.parquet"
+ITEM_VECTORS_FILE = "item_vectors.parquet"
+EMBEDDINGS = pa.schema([("item_idx", pa.int32()), ("embedding", pa.list_(pa.float32()))])
+
+
+def embeddings_table(item_idx: np.ndarray, embeddings: np.ndarray) -> pa.Table:
+    """``embeddings.parquet``: item_idx int32, embedding list<float32>."""
+    flat = pa.array(np.ascontiguousarray(embeddings, dtype=np.float32).reshape(-1))
+    lists = pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[1]).cast(
+        pa.list_(pa.float32())
+    )
+    return pa.table(
+        {"item_idx": pa.array(item_idx, pa.int32()), "embedding": lists}, schema=EMBEDDINGS
+    )
+
+
+def read_embeddings(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(item_idx int32 [n], embeddings float32 [n, dim]) from an ``embeddings.parquet`` table."""
+    table = table.sort_by("item_idx")
+    col = table.column("embedding").combine_chunks()
+    dim = len(col[0]) if len(col) else 0
+    flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    return table.column("item_idx").to_numpy().astype(np.int32), flat.reshape(len(col), dim)
+
+
+def read_vectors(uri: str, n_items: int) -> np.ndarray:
+    """float32 [n_items, dim] from an (item_idx, embedding) table with one row per item."""
+    idx, vectors = read_embeddings(storage.read_table(uri))
+    if not np.array_equal(idx, np.arange(n_items)):
+        raise ValueError(f"{uri}: needs one vector per item 0..{n_items - 1}")
+    return vectors

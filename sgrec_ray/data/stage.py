@@ -52,6 +52,7 @@ from sgrec_ray.data.validate import (
     validate_items,
     validate_users,
 )
+from sgrec_ray.ray_utils import ensure_ray
 from sgrec_ray.runs import RunContext, StageResult
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,6 @@ class DataTables:
 def run(ctx: RunContext) -> StageResult:
     """Build the canonical tables for ``ctx.cfg.data``, write them to ``ctx.stage_uri("data")``."""
     if uses_ray(ctx.cfg.data):
-        from sgrec_ray.ray_utils import ensure_ray
-
         ensure_ray(ctx.cfg)
         return run_distributed(ctx)
     tables = build(ctx.cfg.data)

@@ -20,9 +20,11 @@ import pyarrow as pa
 
 from sgrec_ray import storage
 from sgrec_ray.data import schema
-from sgrec_ray.eval.metrics import RankingAccumulator, rank_standard_errors, target_ranks
 from sgrec_ray.eval.popularity import item_counts_streamed, popularity_ranking, recommend_popular
+from sgrec_ray.generator.decode import Recommender
+from sgrec_ray.metrics import RankingAccumulator, rank_standard_errors, target_ranks
 from sgrec_ray.runs import RunContext, StageResult
+from sgrec_ray.sasrec.recommend import SasRecRecommender
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +97,8 @@ class _TopK:
         rerank_weight: float | None = None,
     ):
         if kind == "sasrec":
-            from sgrec_ray.sasrec.recommend import SasRecRecommender
-
             self.rec: Any = SasRecRecommender.load(model_uri)
         else:
-            from sgrec_ray.generator.decode import Recommender
-
             self.rec = Recommender.load(model_uri, device=device)
         self.k, self.beam_width, self.exclude_seen = k, beam_width, exclude_seen
         self.rerank_weight = rerank_weight

@@ -58,6 +58,8 @@ from sgrec_ray.generator.model import (
 from sgrec_ray.generator.validate import choose_weight, validate_on_rank0
 from sgrec_ray.ray_train import fit, inject_test_failure, make_trainer
 from sgrec_ray.runs import RunContext, StageResult, fingerprint
+from sgrec_ray.sid.stage import load_sid_artifacts
+from sgrec_ray.sid.trie import SidTrie, SidVocab
 
 STAGE = "sft"
 FAIL_ENV = "SGREC_TEST_FAIL_AFTER_EPOCH"
@@ -66,8 +68,6 @@ VALID_METRIC = "valid_ndcg@10"
 
 def run(ctx: RunContext) -> StageResult:
     """Train the generator on ``<run>/data/train.parquet`` with the run's SIDs."""
-    from sgrec_ray.sid.stage import load_sid_artifacts
-
     _, vocab, trie = load_sid_artifacts(ctx)
     upstream = {dep: ctx.require(dep)["fingerprint"] for dep in ("data", "sid")}
     fp = fingerprint(ctx.cfg, ("generator", "sft", "run_seed"), upstream)
@@ -417,8 +417,6 @@ def _validate(
     device: torch.device,
 ) -> dict[float, float]:
     """{re-ranking weight: validation NDCG@10}, the same on every rank."""
-    from sgrec_ray.sid.trie import SidTrie, SidVocab
-
     item_tokens = config["item_tokens"]
     return validate_on_rank0(
         model,

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from sgrec_ray.eval.metrics import ndcg, target_ranks
 from sgrec_ray.generator.decode import constrained_beam_search
 from sgrec_ray.generator.encoding import history_tokens, left_pad
 from sgrec_ray.generator.item_scores import blend, incidence, item_logits
+from sgrec_ray.metrics import ndcg, target_ranks
 from sgrec_ray.sid.trie import SidTrie
 
 

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from sgrec_ray import storage
 from sgrec_ray.config import AggregateSection
+from sgrec_ray.data.schema import INTERACTIONS_FILE, USERS_FILE
 from sgrec_ray.judge import quality
 from sgrec_ray.judge.pairs import PairSet, attach_scores, build_pairs
 from sgrec_ray.judge.user_features import (
@@ -413,8 +414,6 @@ def user_features_for(
     ctx: RunContext, cutoff: int | None, user_ids: list[str]
 ) -> tuple[FeatureSpec, dict[str, np.ndarray]]:
     """Feature spec of the run and feature rows of ``user_ids``, from history before ``cutoff``."""
-    from sgrec_ray.data.schema import INTERACTIONS_FILE, USERS_FILE
-
     interactions = storage.read_table(ctx.path("data", INTERACTIONS_FILE))
     histories = histories_before(interactions, cutoff, ctx.cfg.data.max_history)
     emb_uri = ctx.path("sid", "embeddings.parquet")
@@ -540,7 +539,6 @@ def fit_weights(
 
 def run(ctx: RunContext) -> StageResult:
     """The judge stage's scores → Stage B weights, pairs and held-out quality."""
-    from sgrec_ray.data.schema import INTERACTIONS_FILE
     from sgrec_ray.judge.stage import load_scores
 
     cfg = ctx.cfg.aggregate

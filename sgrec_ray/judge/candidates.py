@@ -20,7 +20,10 @@ import pyarrow.compute as pc
 from sgrec_ray import storage
 from sgrec_ray.config import JudgeSection
 from sgrec_ray.data import schema
+from sgrec_ray.eval.stage import SampleFile
+from sgrec_ray.generator.decode import Recommender
 from sgrec_ray.runs import RunContext
+from sgrec_ray.sid.stage import SID_TABLE_FILE
 
 ORIGINS = ("target", "beam", "hard", "random", "pair")
 
@@ -59,9 +62,7 @@ class Neighbours:
 
 def load_neighbours(ctx: RunContext) -> Neighbours:
     """The sid stage's item embeddings (L2-normalised), else its SID codes."""
-    from sgrec_ray.sid.stage import EMBEDDINGS_FILE, SID_TABLE_FILE
-
-    uri = ctx.path("sid", EMBEDDINGS_FILE)
+    uri = ctx.path("sid", schema.EMBEDDINGS_FILE)
     if storage.exists(uri):
         table = storage.read_table(uri).sort_by("item_idx")
         flat = pc.list_flatten(table.column("embedding")).to_numpy(zero_copy_only=False)
@@ -84,8 +85,6 @@ def sample_batches(
     grouped by user (the temporal split orders them by time), so the train split streams through
     a dict of one window per user.
     """
-    from sgrec_ray.eval.stage import SampleFile
-
     if cfg.split != "train":
         split = SampleFile(ctx.path("data", f"{cfg.split}.parquet"), cfg.max_users)
         for batch in split.batches(schema.SAMPLES.names, batch_rows):
@@ -116,8 +115,6 @@ def sample_batches(
 
 def sft_beams(model_uri: str, samples: pa.Table, k: int, batch_size: int = 64) -> list[list[int]]:
     """The SFT generator's top-``k`` unseen items per sample (constrained beam search)."""
-    from sgrec_ray.generator.decode import Recommender
-
     rec = Recommender.load(model_uri, batch_size=batch_size)
     histories = samples.column("history").to_pylist()
     seen = [set(s) for s in samples.column("seen").to_pylist()]

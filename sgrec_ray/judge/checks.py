@@ -9,9 +9,9 @@ runs as the judge stage's batch processor (``JudgeEngine.in_process``).
 from __future__ import annotations
 
 from sgrec_ray import storage
-from sgrec_ray.config import Config, JudgeSection
+from sgrec_ray.config import Config, ConfigError, JudgeSection
 from sgrec_ray.judge.engines import JudgeSetupError, ModelRef, resolve_model
-from sgrec_ray.judge.registry import judge_engine
+from sgrec_ray.judge.registry import engine_problems, judge_engine
 
 
 def preflight(cfg: JudgeSection) -> ModelRef | None:
@@ -47,6 +47,15 @@ def require_in_process(cfg: JudgeSection, caller: str) -> None:
         )
 
 
+def check_engine(cfg: Config) -> None:
+    """``judge.engine``'s name and its own rules (``registry.engine_problems``), as one
+    ``ConfigError`` naming every broken key, like a config that fails to load."""
+    problems = engine_problems(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
 def check(cfg: Config) -> None:
     """The pipeline's pre-run check for the judge stage (see ``pipeline.Stage.check``)."""
+    check_engine(cfg)
     preflight(cfg.judge)

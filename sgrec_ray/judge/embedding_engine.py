@@ -36,6 +36,8 @@ import pyarrow as pa
 
 from sgrec_ray import storage
 from sgrec_ray.config import JudgeSection
+from sgrec_ray.data.schema import EMBEDDINGS_FILE, read_embeddings
+from sgrec_ray.errors import UserError
 from sgrec_ray.judge.rows import (
     JudgeRequest,
     JudgeResult,
@@ -211,10 +213,6 @@ class EmbeddingJudge:
 def load_vectors(ctx: Any) -> np.ndarray:
     """The sid stage's item embeddings ``[n_items, dim]`` (row = item_idx) of the run ``ctx``; a
     clear error when the sid stage has not written them (it does for every text embedding)."""
-    from sgrec_ray.errors import UserError
-    from sgrec_ray.sid.embed import read_embeddings
-    from sgrec_ray.sid.stage import EMBEDDINGS_FILE
-
     uri = ctx.path("sid", EMBEDDINGS_FILE)
     if not storage.exists(uri):
         raise UserError(

@@ -39,7 +39,9 @@ import pyarrow.compute as pc
 
 from sgrec_ray import storage
 from sgrec_ray.config import AggregateSection
+from sgrec_ray.data.loaders import read_any_table
 from sgrec_ray.data.schema import INTERACTIONS_FILE, ITEMS_FILE
+from sgrec_ray.data.validate import parse_id, require_columns
 from sgrec_ray.judge.rows import JudgeRequest, prompt_spec, request_contexts
 from sgrec_ray.runs import RunContext
 
@@ -196,9 +198,6 @@ def read_pairs_file(
     Missing required columns raise at once (naming them); rows with an unknown user or item, or
     the same item on both sides, are counted by reason.
     """
-    from sgrec_ray.data.loaders import read_any_table
-    from sgrec_ray.data.validate import parse_id, require_columns
-
     table = read_any_table(uri, string_columns=FILE_COLUMNS)
     require_columns(
         table.column_names,

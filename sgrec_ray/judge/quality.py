@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sgrec_ray import storage
+from sgrec_ray.data.schema import ITEMS_FILE
 from sgrec_ray.plots import pyplot, save_png
 from sgrec_ray.runs import RunContext
 
@@ -219,7 +220,6 @@ def example_rows(
     """A few held-out pairs with titles, aspect scores, w(x), holistic scores and evidence."""
     if heldout_pairs.num_rows == 0:
         return []
-    from sgrec_ray.data.schema import ITEMS_FILE
 
     items = storage.read_table(ctx.path("data", ITEMS_FILE), columns=["item_idx", "title"])
     titles = dict(

@@ -4,7 +4,11 @@ Why one table: the stage, the reward service, the pre-run checks and the config 
 test the engine's name in six places, so a fourth engine touched all six. Now each engine is one
 object answering the :class:`JudgeEngine` questions, and callers ask it (``engine.in_process``,
 ``engine.rules``, ``engine.stage_batches(...)``) instead of comparing strings. An unknown name
-fails at config load with ``sorted(JUDGE_ENGINES)``, so the message never drifts from the code.
+fails with ``sorted(JUDGE_ENGINES)``, so the message never drifts from the code.
+
+The config layer knows no engine (it sits below this package): the engine's name and rules are
+checked by :func:`engine_problems`, which every command that builds a judge runs before any
+stage starts (``checks.check_engine``: the judge, align and a2po checks, ``sgrec config``).
 
 Adding an engine: one file with a class that satisfies :class:`JudgeEngine` (see
 ``embedding_engine.EmbeddingJudgeEngine``, the smallest), one line in :data:`JUDGE_ENGINES`, and a
@@ -17,6 +21,9 @@ import functools
 import importlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from sgrec_ray.config import Config, ConfigError
+from sgrec_ray.config_rules import broken
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -46,8 +53,8 @@ class JudgeEngine(Protocol):
     # Scores in the caller's process (the A2PO reward service, `sgrec annotate`); False for an
     # engine that only runs as the judge stage's batch processor.
     in_process: bool
-    # Config-load rules of this engine, shaped as config_rules.CROSS_RULES (keys, holds(cfg),
-    # what must hold); config_rules.check runs them when judge.engine names this engine.
+    # This engine's config rules, shaped as config_rules.CROSS_RULES (keys, holds(cfg), what
+    # must hold); engine_problems runs them when judge.engine names this engine.
     rules: tuple[Rule, ...]
 
     def model_id(self, cfg: JudgeSection) -> str:
@@ -83,11 +90,19 @@ class JudgeEngine(Protocol):
 def judge_engine(name: str) -> JudgeEngine:
     """The engine registered as ``name``; a config error names the allowed ones."""
     if name not in JUDGE_ENGINES:
-        from sgrec_ray.config import ConfigError
-
         allowed = sorted(JUDGE_ENGINES)
         raise ConfigError(f"judge.engine: {name!r} is not allowed; allowed values: {allowed}")
     return _load(JUDGE_ENGINES[name])
+
+
+def engine_problems(cfg: Config) -> list[str]:
+    """What ``judge.engine`` refuses in ``cfg``, worded like the config layer's own rules: an
+    unknown name, or each broken rule of the engine (``JudgeEngine.rules``)."""
+    try:
+        engine = judge_engine(cfg.judge.engine)
+    except ConfigError as err:
+        return [str(err)]
+    return broken(cfg, engine.rules)
 
 
 @functools.cache

@@ -32,9 +32,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
+from sgrec_ray import storage
 from sgrec_ray.config import Config
+from sgrec_ray.data.schema import ITEMS_FILE, USERS_FILE
 from sgrec_ray.judge.aggregate import Aggregator
 from sgrec_ray.judge.rows import context_hash
+from sgrec_ray.ray_utils import worker_env
+from sgrec_ray.runs import RunContext
 
 CacheKey = tuple[str, int, str]  # (user context hash, item_idx, prompt hash)
 
@@ -204,12 +208,9 @@ class RewardCore:
 
 def build_core(cfg: Config, *, with_judge: bool = True) -> RewardCore:
     """A core for the run ``cfg`` names: its aggregator, its judge (loaded here), warm cache."""
-    from sgrec_ray import storage
-    from sgrec_ray.data.schema import ITEMS_FILE, USERS_FILE
     from sgrec_ray.judge.aggregate import load_aggregator
     from sgrec_ray.judge.registry import judge_engine
     from sgrec_ray.judge.stage import load_scores
-    from sgrec_ray.runs import RunContext
 
     ctx = RunContext(cfg)
     aggregator = load_aggregator(ctx.path("aggregate", "model"))
@@ -241,8 +242,6 @@ class RewardActor:
     """The actor body: builds its core in the actor process (so the judge model loads there)."""
 
     def __init__(self, cfg: Config, with_judge: bool = True) -> None:
-        from sgrec_ray.ray_utils import worker_env
-
         os.environ.update(worker_env(cfg))
         self.core = build_core(cfg, with_judge=with_judge)
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sgrec_ray import storage
+from sgrec_ray.data.schema import read_embeddings
 
 # Columns with more distinct values than this are not one-hot encoded (e.g. zip codes): they would
 # add hundreds of sparse features that a few hundred pairs cannot fit.
@@ -106,8 +107,6 @@ class UserFeaturizer:
         """Load the embeddings and users table the spec points to."""
         embeddings = None
         if spec.embeddings_uri and spec.embedding_dim:
-            from sgrec_ray.sid.embed import read_embeddings
-
             idx, emb = read_embeddings(storage.read_table(spec.embeddings_uri))
             embeddings = np.zeros((int(idx.max()) + 1, emb.shape[1]), np.float32)
             embeddings[idx] = emb

@@ -49,6 +49,7 @@ from sgrec_ray.judge.rows import (
     score_columns,
     scores_schema,
 )
+from sgrec_ray.ray_utils import can_get_gpus, gpu_capacity, warn_once
 
 VLLM_EXTRA = "pip install 'sgrec-ray[vllm]'"
 ENGINE_STAGE = "vLLMEngineStage"  # the processor's stage name in Ray 2.60 (Processor.stages)
@@ -60,7 +61,7 @@ MAX_LOGPROB_TOKEN_IDS = 128  # vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS (0.29)
 # vLLM 0.29 has no GGUF loader or quantisation method (model_executor/model_loader/__init__.py,
 # layers/quantization/__init__.py): a .gguf path fails in transformers_utils/config.py get_config
 # ("Invalid repository ID or local directory specified") while the engine actor builds its
-# config, after a GPU node started. So it is refused when the config loads.
+# config, after a GPU node started. So the engine's config rule refuses it before any stage starts.
 NO_GGUF = (
     ("judge.engine", "judge.model", "judge.gguf_file"),
     lambda c: not is_gguf(c.judge),
@@ -131,8 +132,6 @@ def require_gpu(
     does: the autoscaler adds a GPU node when the engine asks for one. ``capacity``: (GPUs now,
     most or None), default :func:`~sgrec_ray.ray_utils.gpu_capacity`.
     """
-    from sgrec_ray.ray_utils import can_get_gpus, gpu_capacity, warn_once
-
     need = gpus_per_engine(cfg)
     now, most = (capacity or gpu_capacity)()
     if not can_get_gpus(now, most, need):
@@ -196,8 +195,8 @@ def lora_rank(adapter: str) -> int:
 def model_source(ref: ModelRef) -> str:
     """What vLLM loads: a Hugging Face folder, model id or cloud URI (ray.llm downloads
     ``s3://``/``gs://`` sources itself). Never a GGUF file: vLLM 0.29 has no GGUF loader, and the
-    config rule :data:`NO_GGUF` refuses one at load (``sgrec export-judge`` writes the folder)."""
-    if ref.gguf_file:  # config_rules refused this; a caller that skipped validation ends here
+    config rule :data:`NO_GGUF` refuses one before any stage (``sgrec export-judge`` writes the folder)."""
+    if ref.gguf_file:  # NO_GGUF refused this; a caller that skipped the check ends here
         raise JudgeSetupError(f"judge.model: {NO_GGUF[2]}")
     return ref.path
 

@@ -47,8 +47,9 @@ from ray.train import Checkpoint
 from transformers import get_cosine_schedule_with_warmup
 
 from sgrec_ray import storage
-from sgrec_ray.config import Config, RlSection
+from sgrec_ray.config import Config, ConfigError, RlSection
 from sgrec_ray.data import schema
+from sgrec_ray.eval.stage import eval_split, evaluate_model
 from sgrec_ray.generator.checkpoint import export_checkpoint, restore_checkpoint, save_checkpoint
 from sgrec_ray.generator.model import (
     ITEM_TOKENS_FILE,
@@ -57,6 +58,9 @@ from sgrec_ray.generator.model import (
     param_groups,
 )
 from sgrec_ray.generator.sft import VALID_METRIC
+from sgrec_ray.generator.validate import choose_weight, validate_on_rank0
+from sgrec_ray.judge.checks import check_engine, preflight, require_in_process
+from sgrec_ray.judge.reward_service import start_reward_service
 from sgrec_ray.ray_train import fit, inject_test_failure, make_trainer
 from sgrec_ray.rl.advantages import get_advantage
 from sgrec_ray.rl.groups import fuse_batch
@@ -65,6 +69,7 @@ from sgrec_ray.rl.policy import ServedScorer, add_targets, group_log_probs
 from sgrec_ray.rl.rewards import (
     BUSINESS_REWARDS,
     RewardEnv,
+    composite_problems,
     constant_groups_by_reward,
     get_business_reward,
     reward_models,
@@ -72,6 +77,8 @@ from sgrec_ray.rl.rewards import (
 from sgrec_ray.rl.rollout import RolloutBatch
 from sgrec_ray.rl.telemetry import Telemetry, by_reward_sums, reduce_step, step_record
 from sgrec_ray.runs import RunContext, StageResult, fingerprint
+from sgrec_ray.sasrec.recommend import SasRecRecommender
+from sgrec_ray.sid.stage import load_sid_artifacts
 from sgrec_ray.sid.trie import SidTrie, SidVocab
 
 STAGE = "a2po"
@@ -133,18 +140,17 @@ def uses_judge(rl: RlSection) -> bool:
 def check(cfg: Config) -> None:
     """The pipeline's pre-run check: fusion and reward names, and the judge when the run calls it."""
     get_advantage(cfg.rl.advantage), get_business_reward(cfg.rl.business_reward)
+    problems = composite_problems(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))
     if uses_judge(cfg.rl):
-        from sgrec_ray.judge.checks import preflight, require_in_process
-
+        check_engine(cfg)
         require_in_process(cfg.judge, "the semantic reward service (a2po, rl.semantic_rate > 0)")
         preflight(cfg.judge)
 
 
 def run(ctx: RunContext) -> StageResult:
     """Fine-tune ``<run>/sft/model`` with the configured fusion; evaluate it like the SFT row."""
-    from sgrec_ray.eval.stage import eval_split, evaluate_model
-    from sgrec_ray.sid.stage import load_sid_artifacts
-
     cfg = ctx.cfg
     _, vocab, trie = load_sid_artifacts(ctx)
     sft_uri = ctx.require("sft")["outputs"]["model"]
@@ -161,7 +167,6 @@ def run(ctx: RunContext) -> StageResult:
     semantic = None
     if uses_judge(cfg.rl):
         upstream["aggregate"] = ctx.require("aggregate")["fingerprint"]
-        from sgrec_ray.judge.reward_service import start_reward_service
 
         require_room_for_service(cfg)
         semantic = start_reward_service(cfg)
@@ -642,8 +647,6 @@ def _train_loop(config: dict[str, Any]) -> None:
         ranker = load_ranker(config["ranker_uri"])
     sasrec = None
     if config["sasrec_uri"]:
-        from sgrec_ray.sasrec.recommend import SasRecRecommender
-
         sasrec = SasRecRecommender.load(config["sasrec_uri"])
     semantic = config["semantic"]
     prompts: Prompts = config["prompts"]
@@ -651,8 +654,6 @@ def _train_loop(config: dict[str, Any]) -> None:
 
     def validate() -> float:
         """Validation NDCG@10 as served: the best over the candidate weights, which it adopts."""
-        from sgrec_ray.generator.validate import choose_weight, validate_on_rank0
-
         scores = validate_on_rank0(
             model, config["valid_histories"], config["valid_targets"], item_tokens, scorer.trie,
             token_map, config["valid_beam_width"], config["rerank_weights"], rank, world, device,

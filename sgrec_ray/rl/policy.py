@@ -38,7 +38,7 @@ from sgrec_ray.generator.decode import constrained_beam_search
 from sgrec_ray.generator.item_scores import blend, incidence, item_logits
 from sgrec_ray.generator.model import Generator, unwrap
 from sgrec_ray.rl.rollout import sid_log_probs, teacher_forced
-from sgrec_ray.sid.trie import SidTrie
+from sgrec_ray.sid.trie import SidTrie, SidVocab
 
 
 def scorer_log_probs(
@@ -153,8 +153,6 @@ class ServedScorer:
         cls, generator: Generator, beam_width: int, device: str | torch.device = "cpu"
     ) -> ServedScorer:
         """The scorer of a loaded checkpoint at its own re-ranking weight."""
-        from sgrec_ray.sid.trie import SidVocab
-
         tokens = np.asarray(generator.item_tokens, dtype=np.int64)
         return cls(
             item_tokens=tokens,

@@ -305,9 +305,7 @@ def run(ctx: RunContext) -> StageResult:
 
 def _read_embeddings(uri: str, n_items: int) -> NDArray[np.float32]:
     """float32 [n_items, dim] from the sid stage's embeddings.parquet (missing rows stay 0)."""
-    from sgrec_ray.sid.embed import read_embeddings
-
-    idx, vectors = read_embeddings(storage.read_table(uri))
+    idx, vectors = schema.read_embeddings(storage.read_table(uri))
     out = np.zeros((n_items, vectors.shape[1]), dtype=np.float32)
     out[idx] = vectors
     return out

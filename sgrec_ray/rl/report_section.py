@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sgrec_ray import storage
 from sgrec_ray.rl.experiment_report import constant_share_lines
 from sgrec_ray.runs import RunContext
 
@@ -31,8 +32,6 @@ def add_rl_sections(ctx: RunContext, report: dict[str, Any]) -> None:
 
 def rl_plots(ctx: RunContext, report: dict[str, Any]) -> dict[str, str]:
     """Title → run-relative PNG path for the a2po figures that exist."""
-    from sgrec_ray import storage
-
     plots: dict[str, str] = {}
     if "a2po" in report and storage.exists(ctx.path("a2po", "a2po_curves.png")):
         plots["A2PO training curves"] = "a2po/a2po_curves.png"

@@ -18,6 +18,9 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from sgrec_ray.config import Config
+from sgrec_ray.config_rules import broken
+
 IntArray = NDArray[np.int64]
 FloatArray = NDArray[np.float64]
 
@@ -126,6 +129,19 @@ BUSINESS_REWARDS: dict[str, RewardFn] = {
 }
 # The trained model each reward reads from RewardEnv (and the stage that makes it).
 REWARD_MODELS = {"ranker": "ranker", "sasrec": "sasrec"}
+
+
+def composite_problems(cfg: Config) -> list[str]:
+    """``rl.composite_weights`` may weight every business reward but the composite itself. Read
+    from :data:`BUSINESS_REWARDS`, so a new reward is allowed without a second list; checked by
+    the a2po stage's check (the config layer knows no reward), worded like a config rule."""
+    parts = sorted(set(BUSINESS_REWARDS) - {"composite"})
+    rule = (
+        ("rl.composite_weights",),
+        lambda c: set(c.rl.composite_weights) <= set(parts),
+        f"weights only for the other business rewards ({', '.join(parts)})",
+    )
+    return broken(cfg, [rule])
 
 
 def get_business_reward(name: str) -> RewardFn:

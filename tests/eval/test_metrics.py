@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sgrec_ray.eval.metrics import (
+from sgrec_ray.eval.popularity import item_counts, popularity_ranking, recommend_popular
+from sgrec_ray.metrics import (
     hit_rate,
     mrr,
     ndcg,
@@ -19,7 +20,6 @@ from sgrec_ray.eval.metrics import (
     ranking_metrics,
     target_ranks,
 )
-from sgrec_ray.eval.popularity import item_counts, popularity_ranking, recommend_popular
 
 
 def test_hand_computed_example():

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sgrec_ray import storage
-from sgrec_ray.eval.metrics import RankingAccumulator, ranking_metrics, standard_errors
 from sgrec_ray.eval.stage import PREDICTIONS, SampleFile, eval_split, evaluate_model
+from sgrec_ray.metrics import RankingAccumulator, ranking_metrics, standard_errors
 from sgrec_ray.runs import RunContext
 
 N_ITEMS = 12

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from sgrec_ray.eval.metrics import ndcg, target_ranks
 from sgrec_ray.generator.decode import constrained_beam_search, item_log_probs
 from sgrec_ray.generator.encoding import IGNORE, collate, item_labels, training_example
 from sgrec_ray.generator.item_scores import blend, incidence, item_logits, item_loss
 from sgrec_ray.generator.validate import ndcg_by_weight, validation_rankings
+from sgrec_ray.metrics import ndcg, target_ranks
 from sgrec_ray.sid.trie import SidTrie, SidVocab
 from tests.generator.conftest import HISTORIES
 from tests.generator.gen_synthetic import vocab_size

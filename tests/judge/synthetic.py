@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 
 from sgrec_ray import storage
+from sgrec_ray.data.schema import embeddings_table
 from sgrec_ray.runs import RunContext, StageResult, write_manifest
-from sgrec_ray.sid.embed import embeddings_table
 
 ASPECTS = ["profile", "future", "novelty"]
 N_USERS = 40

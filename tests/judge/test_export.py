@@ -25,6 +25,7 @@ import pytest
 from sgrec_ray import cli
 from sgrec_ray.config import AlignSection, ConfigError, JudgeSection, load_config
 from sgrec_ray.judge import vllm_engine
+from sgrec_ray.judge.checks import check_engine
 from sgrec_ray.judge.engines import ModelRef, TransformersEngine, merge_adapter, resolve_model
 from sgrec_ray.judge.export import EXPORT_FILE
 from sgrec_ray.judge.rows import JudgeRequest
@@ -96,14 +97,15 @@ def test_exported_folder_loads_offline_and_matches_the_gguf_logits(exported_judg
     assert gguf.gguf_file and (Path(exported_judge) / EXPORT_FILE).is_file()
 
 
-def test_vllm_with_a_gguf_judge_fails_at_config_load_naming_export_judge(capsys, tmp_path):
+def test_vllm_with_a_gguf_judge_fails_before_any_stage_naming_export_judge(capsys, tmp_path):
+    """`sgrec config` and every stage check that builds a judge run the engine's rules."""
     config = str(REPO / "configs" / "ml100k.yaml")
     assert cli.main(["config", config, "--set", "judge.engine=vllm"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and "sgrec export-judge" in err
     for gguf in ("judge.model=/models/judge.Q4.gguf", "judge.gguf_file=judge.gguf"):
         with pytest.raises(ConfigError, match="export-judge"):
-            load_config(config, ["judge.engine=vllm", gguf])
+            check_engine(load_config(config, ["judge.engine=vllm", gguf]))
     folder = ["--set", "judge.engine=vllm", "--set", f"judge.model={tmp_path}/judge_model"]
     assert cli.main(["config", config, *folder]) == 0
     assert capsys.readouterr().err == ""

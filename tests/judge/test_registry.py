@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sgrec_ray.config import ConfigError, JudgeSection, config_from_dict
-from sgrec_ray.judge.checks import require_in_process
+from sgrec_ray.judge.checks import check_engine, require_in_process
 from sgrec_ray.judge.engines import JudgeSetupError, make_engine, model_id
 from sgrec_ray.judge.registry import JUDGE_ENGINES, JudgeEngine, judge_engine
 
@@ -31,9 +31,10 @@ def test_every_registered_engine_answers_the_protocol(name):
     assert isinstance(engine.scoring(cfg), str)
 
 
-def test_an_unknown_engine_fails_at_load_naming_the_registered_ones():
+def test_an_unknown_engine_fails_the_check_naming_the_registered_ones():
+    cfg = config_from_dict({}, ["judge.engine=sglang"])  # the config layer knows no engine
     with pytest.raises(ConfigError, match=r"judge\.engine: 'sglang' is not allowed") as err:
-        config_from_dict({}, ["judge.engine=sglang"])
+        check_engine(cfg)
     assert str(sorted(JUDGE_ENGINES)) in str(err.value)
     assert judge_engine("transformers") is judge_engine("transformers")  # made once
 
@@ -47,4 +48,4 @@ def test_callers_follow_what_the_engine_says_not_its_name(monkeypatch):
         require_in_process(cfg, "the reward service")
     with pytest.raises(JudgeSetupError, match="batch processor"):
         make_engine(cfg)
-    config_from_dict({}, ["judge.engine=batch-only"])  # known by registration alone
+    check_engine(config_from_dict({}, ["judge.engine=batch-only"]))  # known by registration alone

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 
 from sgrec_ray.config import SidSection
+from sgrec_ray.data.schema import embeddings_table, read_embeddings
 from sgrec_ray.sid.embed import (
     DEFAULT_MODEL,
     ModelNotFoundError,
     embed_items,
-    embeddings_table,
     item_texts,
-    read_embeddings,
     resolve_model,
 )
 from tests.sid.helpers import make_items

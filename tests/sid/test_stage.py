@@ -8,10 +8,10 @@ import pytest
 
 from sgrec_ray import pipeline, storage
 from sgrec_ray.config import load_config
-from sgrec_ray.data.schema import ITEMS_FILE
+from sgrec_ray.data.schema import ITEMS_FILE, read_embeddings
 from sgrec_ray.runs import RunContext
 from sgrec_ray.sid import stage as sid_stage
-from sgrec_ray.sid.embed import ModelNotFoundError, read_embeddings
+from sgrec_ray.sid.embed import ModelNotFoundError
 from sgrec_ray.sid.stage import PRECOMPUTED_FILE, SID_TABLE, load_sid_artifacts
 from tests.conftest import REPO
 from tests.sid.helpers import make_items
