@@ -47,12 +47,11 @@ from sgrec_ray.rl.a2po import (
     require_room_for_service,
     run_prompts,
     train_policy,
-    uses_judge,
 )
 from sgrec_ray.rl.advantages import ADVANTAGES
 from sgrec_ray.rl.experiment_report import KEYS, STAGE, fmt_mean_std
 from sgrec_ray.rl.ranker import item_values, load_ranker
-from sgrec_ray.rl.rewards import reward_models
+from sgrec_ray.rl.rewards import reward_models, uses_judge
 from sgrec_ray.rl.telemetry import plot_curves, read_jsonl
 from sgrec_ray.runs import RunContext, StageResult, resolve_adapter, write_manifest
 

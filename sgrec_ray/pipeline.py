@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from sgrec_ray.config import Config, ConfigError
 from sgrec_ray.ray_utils import ensure_ray
 from sgrec_ray.report import write_report
+from sgrec_ray.rl.rewards import reward_models, uses_judge
 from sgrec_ray.runs import (
+    Attempt,
     RunContext,
     StageResult,
     attempt_uri,
@@ -109,13 +111,18 @@ def parse_stages(spec: str | list[str] | None) -> list[str]:
 def stage_needs(name: str, cfg: Config) -> tuple[str, ...]:
     """A stage's upstream stages, where the config adds some: ``sid.source: cf | hybrid`` reads the
     sasrec stage's item vectors; with ``judge.adapter: align`` the judge's users also need align,
-    so re-aligning the judge reruns them; a judge without SFT beams (``judge.n_beams: 0``) reads
+    so re-aligning the judge reruns them; a2po reads the ranker or sasrec model its business reward
+    names and, when it calls the PSJ, the aggregator; a judge without SFT beams (``judge.n_beams: 0``) reads
     nothing of the sft stage and can run on data + sid alone."""
     needs = STAGES[name].needs
     if name == "judge" and cfg.judge.n_beams == 0:
         needs = tuple(n for n in needs if n != "sft")
     if name == "sid" and cfg.sid.method == "rq_kmeans" and cfg.sid.source != "text":
         needs = (*needs, "sasrec")
+    if name == "a2po":  # the reward models its rewards read, the aggregator when it calls the PSJ
+        needs = (*needs, *sorted(reward_models(cfg.rl.business_reward, cfg.rl.composite_weights)))
+        if uses_judge(cfg.rl):
+            needs = (*needs, "aggregate")
     if name in ("judge", "a2po") and uses_aligned(cfg):
         needs = (*needs, "align")
     return needs
@@ -134,8 +141,8 @@ def run_stage(ctx: RunContext, name: str) -> dict:
         ensure_ray(ctx.cfg)
     # A new attempt folder: the finished output (if any) stays readable until the switch below.
     attempt = new_attempt(ctx, name, fp)
-    ctx.writing[name] = attempt_uri(ctx, name, attempt)
-    log.info("stage %-5s running → %s", name, ctx.writing[name])
+    ctx.writing[name] = Attempt(name, fp, attempt, attempt_uri(ctx, name, attempt))
+    log.info("stage %-5s running → %s", name, ctx.writing[name].uri)
     started = time.time()
     try:
         result = stage.load()(ctx)

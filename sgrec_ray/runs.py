@@ -41,12 +41,27 @@ class StageResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One run of a stage, handed to the stage by ``pipeline.run_stage`` through the context.
+
+    The fingerprint is the stage's identity (its config sections and its inputs' fingerprints),
+    computed once, by the pipeline: stages that name a Ray Train run after it (so a crashed
+    attempt resumes and a changed config starts afresh) read it here, never recompute it.
+    """
+
+    stage: str
+    fingerprint: str
+    name: str  # the folder under <stage>/attempts/
+    uri: str  # where the stage writes
+
+
 @dataclass
 class RunContext:
     cfg: Config
     force: bool = False
-    # stage -> the attempt folder it is writing right now (set by pipeline.run_stage).
-    writing: dict[str, str] = field(default_factory=dict)
+    # stage -> the attempt it is writing right now (set by pipeline.run_stage).
+    writing: dict[str, Attempt] = field(default_factory=dict)
 
     @property
     def run_uri(self) -> str:
@@ -60,7 +75,7 @@ class RunContext:
         """Folder of ``stage``'s outputs: the attempt being written now, else the finished attempt
         its manifest names, else the stage folder itself (nothing finished, or an older run)."""
         if stage in self.writing:
-            return self.writing[stage]
+            return self.writing[stage].uri
         attempt = (self.manifest(stage) or {}).get("attempt")
         if attempt:
             return storage.join(self.stage_root(stage), ATTEMPTS, attempt)
@@ -69,6 +84,15 @@ class RunContext:
     def path(self, stage: str, *parts: str) -> str:
         """URI of an artifact of ``stage``; stages read their inputs only through this."""
         return storage.join(self.stage_uri(stage), *parts)
+
+    def attempt(self, stage: str) -> Attempt:
+        """The attempt of ``stage`` being run now (its fingerprint, its folder)."""
+        if stage not in self.writing:
+            raise RuntimeError(
+                f"stage {stage!r} is not running: stages run through pipeline.run_stage, which "
+                "hands them their attempt"
+            )
+        return self.writing[stage]
 
     def manifest(self, stage: str) -> dict[str, Any] | None:
         uri = storage.join(self.stage_root(stage), MANIFEST)

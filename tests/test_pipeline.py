@@ -140,3 +140,31 @@ def test_judge_adapter_align_resolves_to_the_run_and_chains_the_stages(tiny_cfg)
     assert "align" not in stage_needs("judge", tiny_cfg)
     with pytest.raises(JudgeSetupError, match="--stages align"):
         preflight(resolved.judge)
+
+
+def test_a_stage_reads_its_fingerprint_from_the_context(tiny_run: RunContext):
+    """The sft stage's Ray Train run is named after the fingerprint the pipeline computed and
+    wrote into the manifest (one computation); outside the pipeline there is none to read."""
+    manifest = tiny_run.manifest("sft")
+    runs = storage.listdir(manifest["outputs"]["ray_train"])
+    assert runs == [f"sft-{manifest['fingerprint']}"]
+    with pytest.raises(RuntimeError, match=r"pipeline\.run_stage"):
+        RunContext(tiny_run.cfg).attempt("sft")
+
+
+def test_a2po_needs_what_its_rewards_read(tiny_cfg):
+    """The reward model named by rl.business_reward (the composite's weighted parts) and, when
+    the PSJ is called, the aggregator are a2po inputs: required and in its fingerprint."""
+    from sgrec_ray.config import config_from_dict
+
+    def needs(*overrides: str) -> tuple[str, ...]:
+        return pipeline.stage_needs("a2po", config_from_dict(tiny_cfg.to_dict(), list(overrides)))
+
+    base = ("data", "sid", "sft")
+    assert needs("rl.business_reward=rule", "rl.semantic_rate=0") == base
+    assert needs("rl.business_reward=ranker", "rl.semantic_rate=0") == (*base, "ranker")
+    composite = ["rl.business_reward=composite", "rl.composite_weights={sasrec: 1, rule: 1}"]
+    assert needs(*composite, "rl.semantic_rate=0") == (*base, "sasrec")
+    semantic = ["rl.business_reward=rule", "rl.semantic_rate=0.5", "rl.advantage=a2po"]
+    assert needs(*semantic) == (*base, "aggregate")
+    assert needs("rl.business_reward=rule", "rl.semantic_rate=0.5", "rl.advantage=grpo") == base

@@ -57,7 +57,7 @@ from sgrec_ray.generator.model import (
 )
 from sgrec_ray.generator.validate import choose_weight, validate_on_rank0
 from sgrec_ray.ray_train import fit, inject_test_failure, make_trainer
-from sgrec_ray.runs import RunContext, StageResult, fingerprint
+from sgrec_ray.runs import RunContext, StageResult
 from sgrec_ray.sid.stage import load_sid_artifacts
 from sgrec_ray.sid.trie import SidTrie, SidVocab
 
@@ -69,8 +69,6 @@ VALID_METRIC = "valid_ndcg@10"
 def run(ctx: RunContext) -> StageResult:
     """Train the generator on ``<run>/data/train.parquet`` with the run's SIDs."""
     _, vocab, trie = load_sid_artifacts(ctx)
-    upstream = {dep: ctx.require(dep)["fingerprint"] for dep in ("data", "sid")}
-    fp = fingerprint(ctx.cfg, ("generator", "sft", "run_seed"), upstream)
     valid = None
     if ctx.cfg.sft.eval_every > 0:
         valid = storage.read_table(ctx.path("data", VALID_FILE), columns=["history", "target"])
@@ -81,7 +79,7 @@ def run(ctx: RunContext) -> StageResult:
         level_sizes=vocab.level_sizes,
         sid_vocab_json=vocab.to_json(),
         stage_uri=ctx.stage_uri(STAGE),
-        run_name=f"sft-{fp}",
+        run_name=f"sft-{ctx.attempt(STAGE).fingerprint}",
         fresh=ctx.force,
         valid=valid,
     )

@@ -73,10 +73,11 @@ from sgrec_ray.rl.rewards import (
     constant_groups_by_reward,
     get_business_reward,
     reward_models,
+    uses_judge,
 )
 from sgrec_ray.rl.rollout import RolloutBatch
 from sgrec_ray.rl.telemetry import Telemetry, by_reward_sums, reduce_step, step_record
-from sgrec_ray.runs import RunContext, StageResult, fingerprint
+from sgrec_ray.runs import RunContext, StageResult
 from sgrec_ray.sasrec.recommend import SasRecRecommender
 from sgrec_ray.sid.stage import load_sid_artifacts
 from sgrec_ray.sid.trie import SidTrie, SidVocab
@@ -128,11 +129,6 @@ def require_room_for_service(cfg: Config) -> None:
         )
 
 
-def uses_judge(rl: RlSection) -> bool:
-    """Whether a run calls the PSJ: grpo ignores semantics, so it never pays for the judge."""
-    return rl.semantic_rate > 0 and rl.advantage != "grpo"
-
-
 # ------------------------------------------------------------------------------------------------
 # Stage
 
@@ -155,23 +151,19 @@ def run(ctx: RunContext) -> StageResult:
     _, vocab, trie = load_sid_artifacts(ctx)
     sft_uri = ctx.require("sft")["outputs"]["model"]
     check_reference(sft_uri, vocab, trie)
-    upstream = {d: ctx.require(d)["fingerprint"] for d in ("data", "sid", "sft")}
+    # The reward models and the aggregator are inputs the pipeline required and fingerprinted
+    # (pipeline.stage_needs); their outputs are read here.
     ranker_uri = sasrec_uri = None
     models = reward_models(cfg.rl.business_reward, cfg.rl.composite_weights)
     if "ranker" in models:
         ranker_uri = ctx.require("ranker")["outputs"]["model"]
-        upstream["ranker"] = ctx.require("ranker")["fingerprint"]
     if "sasrec" in models:
         sasrec_uri = ctx.require("sasrec")["outputs"]["model"]
-        upstream["sasrec"] = ctx.require("sasrec")["fingerprint"]
     semantic = None
     if uses_judge(cfg.rl):
-        upstream["aggregate"] = ctx.require("aggregate")["fingerprint"]
-
         require_room_for_service(cfg)
         semantic = start_reward_service(cfg)
     items = storage.read_table(ctx.path("data", schema.ITEMS_FILE))
-    fp = fingerprint(cfg, ("rl", "run_seed"), upstream)
     result = train_policy(
         cfg,
         prompts=run_prompts(ctx),
@@ -181,7 +173,7 @@ def run(ctx: RunContext) -> StageResult:
         sasrec_uri=sasrec_uri,
         item_value=_item_values(cfg, items),
         semantic=semantic,
-        run_name=f"a2po-{fp}",
+        run_name=f"a2po-{ctx.attempt(STAGE).fingerprint}",
         fresh=ctx.force,
         valid=load_valid(ctx),
     )

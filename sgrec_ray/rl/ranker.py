@@ -40,7 +40,7 @@ from sgrec_ray import storage
 from sgrec_ray.config import Config
 from sgrec_ray.data import schema
 from sgrec_ray.ray_train import checkpoint_dir, fit, make_trainer
-from sgrec_ray.runs import RunContext, StageResult, fingerprint
+from sgrec_ray.runs import RunContext, StageResult
 
 STAGE = "ranker"
 MODEL_DIR = "model"
@@ -257,8 +257,7 @@ def run(ctx: RunContext) -> StageResult:
     )
     if not train["item"]:
         raise ValueError(f"{ctx.path('data', schema.INTERACTIONS_FILE)}: no rows to train on")
-    upstream = {dep: ctx.require(dep)["fingerprint"] for dep in ("data", "sid")}
-    run_name = f"ranker-{fingerprint(cfg, ('ranker', 'run_seed'), upstream)}"
+    run_name = f"ranker-{ctx.attempt(STAGE).fingerprint}"
     storage_path = storage.join(ctx.stage_uri(STAGE), "ray_train")
     if ctx.force:
         storage.delete_dir(storage.join(storage_path, run_name))

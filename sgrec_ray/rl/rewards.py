@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from sgrec_ray.config import Config
+from sgrec_ray.config import Config, RlSection
 from sgrec_ray.config_rules import broken
 
 IntArray = NDArray[np.int64]
@@ -142,6 +142,11 @@ def composite_problems(cfg: Config) -> list[str]:
         f"weights only for the other business rewards ({', '.join(parts)})",
     )
     return broken(cfg, [rule])
+
+
+def uses_judge(rl: RlSection) -> bool:
+    """Whether a run calls the PSJ: grpo ignores semantics, so it never pays for the judge."""
+    return rl.semantic_rate > 0 and rl.advantage != "grpo"
 
 
 def get_business_reward(name: str) -> RewardFn:

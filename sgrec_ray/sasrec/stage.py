@@ -34,7 +34,7 @@ from sgrec_ray.config import Config
 from sgrec_ray.data import schema
 from sgrec_ray.metrics import ranking_metrics
 from sgrec_ray.ray_train import checkpoint_dir, fit, load_state, make_trainer
-from sgrec_ray.runs import RunContext, StageResult, fingerprint
+from sgrec_ray.runs import RunContext, StageResult
 from sgrec_ray.sasrec.model import (
     SasRec,
     SasRecConfig,
@@ -52,8 +52,6 @@ VALID_METRIC = "valid_ndcg@10"
 
 def run(ctx: RunContext) -> StageResult:
     """Train on ``<run>/data/train.parquet``, select on ``<run>/data/valid.parquet``."""
-    upstream = {"data": ctx.require("data")["fingerprint"]}
-    fp = fingerprint(ctx.cfg, ("sasrec", "run_seed"), upstream)
     n_items = storage.read_table(ctx.path("data", schema.ITEMS_FILE), columns=["item_idx"]).num_rows
     valid = storage.read_table(ctx.path("data", schema.VALID_FILE), columns=["history", "target"])
     return train_sasrec(
@@ -62,7 +60,7 @@ def run(ctx: RunContext) -> StageResult:
         valid=valid,
         n_items=n_items,
         stage_uri=ctx.stage_uri(STAGE),
-        run_name=f"sasrec-{fp}",
+        run_name=f"sasrec-{ctx.attempt(STAGE).fingerprint}",
         fresh=ctx.force,
     )
 

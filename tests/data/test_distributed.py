@@ -13,7 +13,7 @@ from sgrec_ray import storage
 from sgrec_ray.config import ColumnMap
 from sgrec_ray.data import distributed, stage, synth
 from sgrec_ray.data.validate import DataError
-from sgrec_ray.runs import RunContext
+from sgrec_ray.runs import Attempt, RunContext
 
 from .conftest import FIXTURES
 
@@ -23,7 +23,7 @@ EVENT_TABLES = ("items", "users", "interactions", "train", "valid", "test")
 def _run(cfg, engine: str, out) -> stage.StageResult:
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, engine=engine))
     ctx = RunContext(cfg)
-    ctx.writing["data"] = str(out / engine)
+    ctx.writing["data"] = Attempt("data", "test", "test", str(out / engine))
     return stage.run(ctx)
 
 

@@ -18,7 +18,7 @@ def main(argv: list[str]) -> None:
 
     from sgrec_ray.config import load_config
     from sgrec_ray.data import distributed, stage
-    from sgrec_ray.runs import RunContext
+    from sgrec_ray.runs import Attempt, RunContext
 
     config, out, *overrides = argv
     distributed.ROWS_PER_BUCKET = (
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
         nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
         cfg = load_config(config, overrides)
         ctx = RunContext(cfg)
-        ctx.writing["data"] = out
+        ctx.writing["data"] = Attempt("data", "test", "test", out)
         result, figures = stage.build_distributed(ctx)
         print(
             json.dumps(
