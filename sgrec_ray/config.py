@@ -65,7 +65,9 @@ class DataSection:
     items_path: str | None = None  # generic: item catalogue (Parquet/CSV)
     users_path: str | None = None  # generic: optional user features
     columns: ColumnMap = field(default_factory=ColumnMap)
-    item_text_fields: list[str] = field(default_factory=lambda: ["title", "genres"])
+    # Item columns joined into each item's text (embedded for SIDs, shown to the judge). null:
+    # the catalogue's own text columns, data.loaders.TEXT_COLUMNS in that order, title required.
+    item_text_fields: list[str] | None = None
     # leave_one_out: per user, last event = test, second last = valid (RecBole);
     # temporal: global chronological 8:1:1 on targets (MiniOneRec).
     split: Literal["leave_one_out", "temporal"] = "leave_one_out"

@@ -35,6 +35,9 @@ def test_report_has_the_documented_layout(tiny_run: RunContext):
     assert report["methods"]["sft_exclude_seen"]["valid_rate"] == 1.0
     md = storage.read_text(storage.join(tiny_run.run_uri, "report.md"))
     assert "sft_exclude_seen" in md and "## Results" in md
+    # Every section is a table of figures (the SID section was a raw JSON dump).
+    assert "## Semantic IDs\n\n| figure | value |\n|---|---|\n| " in md
+    assert "![SFT loss](sft_loss.png)" in md
     assert storage.exists(storage.join(tiny_run.run_uri, "sft_loss.png"))
 
 

@@ -61,6 +61,30 @@ def natural_key(value: str) -> tuple:
     return (tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), value)
 
 
+# The text columns data.item_text_fields: null picks, in this order, from those a catalogue has.
+TEXT_COLUMNS = ("title", "genres", "categories", "brand", "description")
+
+
+def text_fields(configured: list[str] | None, columns: list[str], uri: str) -> list[str]:
+    """The item columns whose text describes an item: ``data.item_text_fields`` when set, else
+    the catalogue's own text columns (:data:`TEXT_COLUMNS` it has; ``title`` required).
+
+    A default that named MovieLens's columns made a plain ``item_id,title`` catalogue fail; now
+    it reads what is there, and the log says what it chose.
+    """
+    if configured is not None:
+        return list(configured)
+    require_columns(
+        columns,
+        ["title"],
+        uri,
+        hint="Items need a title; or set data.item_text_fields to the text columns you have.",
+    )
+    chosen = [c for c in TEXT_COLUMNS if c in columns]
+    log.info("data.item_text_fields not set: item text from %s (columns of %s)", chosen, uri)
+    return chosen
+
+
 def compose_text(row: dict[str, Any], fields: list[str]) -> str:
     """Join an item's text fields: the first as is, the others labelled ("Genres: …").
 
@@ -358,7 +382,7 @@ def load_generic_catalogue(cfg: DataSection) -> GenericParts:
     id_col = cols.item_id if cols.item_id in items.column_names else "item_id"
     require_columns(
         items.column_names,
-        [id_col, *cfg.item_text_fields],
+        [id_col, *text_fields(cfg.item_text_fields, items.column_names, items_uri)],
         items_uri,
         hint=f"The catalogue needs an item id column ({cols.item_id!r} or 'item_id') and every "
         "column named in data.item_text_fields (set that list to the text columns you have).",

@@ -40,6 +40,7 @@ from sgrec_ray.data.loaders import (
     load_generic_catalogue,
     load_movielens,
     natural_key,
+    text_fields,
 )
 from sgrec_ray.data.minionerec import MiniOneRecData, load_minionerec, sid_codes_table
 from sgrec_ray.data.stats import compute_stats, format_stats, stats_from_counts
@@ -170,15 +171,16 @@ def _delete(uri: str) -> None:
 
 
 def _items_table(
-    catalogue: pa.Table, keep_ids: set[str] | None, text_fields: list[str], uri: str
+    catalogue: pa.Table, keep_ids: set[str] | None, configured: list[str] | None, uri: str
 ) -> tuple[pa.Table, dict[str, int], int]:
     """ITEMS rows (+ the catalogue's other columns) with dense item_idx in natural id order.
 
     Returns the table, item_id → item_idx, and how many items had no text (fallback used).
     """
+    fields = text_fields(configured, catalogue.column_names, uri)
     require_columns(
         catalogue.column_names,
-        text_fields,
+        fields,
         uri,
         hint="data.item_text_fields names item columns that this source does not have; "
         f"available: {catalogue.column_names}",
@@ -193,7 +195,7 @@ def _items_table(
     missing = 0
     for idx, row in enumerate(rows):
         title = row.get("title")
-        text = compose_text(row, text_fields)
+        text = compose_text(row, fields)
         if not text:
             missing += 1
             text = title or row["item_id"]
@@ -204,8 +206,8 @@ def _items_table(
         for c in extra:
             if c != "text":
                 out[c].append(row.get(c))
-    fields = [*schema.ITEMS, *(pa.field(c, pa.string()) for c in extra if c != "text")]
-    table = pa.Table.from_pydict(out, schema=pa.schema(fields))
+    columns = [*schema.ITEMS, *(pa.field(c, pa.string()) for c in extra if c != "text")]
+    table = pa.Table.from_pydict(out, schema=pa.schema(columns))
     index = {item_id: i for i, item_id in enumerate(out["item_id"])}
     return table, index, missing
 

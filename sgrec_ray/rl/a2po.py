@@ -85,7 +85,7 @@ from sgrec_ray.sid.trie import SidTrie, SidVocab
 STAGE = "a2po"
 MODEL_DIR = "model"
 TELEMETRY_FILE = "telemetry.jsonl"
-CURVES_FILE = "a2po_curves.png"
+CURVES_FILE = "a2po_curves.png"  # a2po_report.CURVES reads it
 FAIL_ENV = "SGREC_TEST_FAIL_AFTER_STEP"
 
 

@@ -24,7 +24,7 @@ from sgrec_ray.rl.a2po import (
     total_steps,
     train_policy,
 )
-from sgrec_ray.rl.report_section import valid_lines
+from sgrec_ray.rl.a2po_report import valid_lines
 from sgrec_ray.rl.telemetry import read_jsonl
 from sgrec_ray.sid.trie import SidTrie, SidVocab
 from tests.generator.gen_synthetic import make_item_tokens
