@@ -168,14 +168,18 @@ def test_a_catalogue_with_only_item_id_and_title_passes_by_default(data_cfg, tmp
     """data.item_text_fields unset: the catalogue's own text columns (title required); the
     choice is logged. A catalogue with a description uses it too; one without a title fails
     naming the file and the key to set."""
-    log, items = _write(tmp_path, log="user_id,item_id,timestamp,rating\nu1,A,1,5\nu1,B,2,4\nu1,C,3,3\n")
+    log, items = _write(
+        tmp_path, log="user_id,item_id,timestamp,rating\nu1,A,1,5\nu1,B,2,4\nu1,C,3,3\n"
+    )
     with caplog.at_level("INFO"):
         t = build(_cfg(data_cfg, log, items, item_text_fields=None))
     assert t.items.column("text").to_pylist() == ["Pen", "Paper", "Ink"]
     assert "item text from ['title']" in caplog.text
     described = "item_id,title,description,url\nA,Pen,Blue ink,x\nB,Paper,A4,y\nC,Ink,Black,z\n"
     log, items = _write(
-        tmp_path, log="user_id,item_id,timestamp,rating\nu1,A,1,5\nu1,B,2,4\nu1,C,3,3\n", items=described
+        tmp_path,
+        log="user_id,item_id,timestamp,rating\nu1,A,1,5\nu1,B,2,4\nu1,C,3,3\n",
+        items=described,
     )
     t = build(_cfg(data_cfg, log, items, item_text_fields=None))
     assert t.items.column("text").to_pylist()[0] == "Pen. Description: Blue ink"
