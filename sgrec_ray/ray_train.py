@@ -1,24 +1,33 @@
-"""Ray Train plumbing shared by every trainer here (SFT, A2PO, ranker, Stage B aggregator).
+"""Ray Train plumbing shared by every trainer here (SFT, A2PO, SASRec, ranker, align, Stage B).
 
-One place for the three things each of them needs and that are easy to get subtly wrong: a
-``TorchTrainer`` built from the fields every trainer section of the config has, a finished run that
-must have produced a checkpoint, and reading a checkpoint on a worker without racing the other ranks.
+One place for the things each of them needs and that are easy to get subtly wrong: one way into a
+worker (a loop takes one typed argument, not a dict of string keys), a ``TorchTrainer`` built from
+the fields every trainer section of the config has, the driver's run (storage, ``--force``, the
+banner, a finished run that must have produced a checkpoint), and reading a checkpoint on a worker
+without racing the other ranks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import pyarrow.fs as pafs
 import ray.train
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from sgrec_ray import storage
 from sgrec_ray.errors import CheckpointError
+
+RAY_TRAIN_DIR = "ray_train"  # a stage's Ray Train runs: <stage_uri>/ray_train/<run name>
+LOOP_ARGS = "args"  # the one key of the dict Ray Train hands a worker (see make_trainer)
+
+A = TypeVar("A")
 
 
 class Workers(Protocol):
@@ -63,8 +72,8 @@ def numpy_globals() -> list[Any]:
 
 
 def make_trainer(
-    loop: Callable[[dict[str, Any]], None],
-    loop_config: dict[str, Any],
+    loop: Callable[[A], None],
+    args: A,
     workers: Workers,
     *,
     name: str,
@@ -75,13 +84,17 @@ def make_trainer(
 ) -> TorchTrainer:
     """A ``TorchTrainer`` whose run lives at ``storage_path/name`` (so a rerun with that name resumes).
 
+    ``loop`` takes one typed argument, ``args`` (a dataclass holding the trainer's config
+    section(s) and what the driver derived from them), so a worker reads ``args.sft.lr`` where a
+    type checker sees it. Ray Train wants a function of one dict; :func:`_call_loop` is that
+    function, and the only place that dict is read.
     ``workers`` is the trainer's config section; ``use_gpu`` is read when the section has it.
     ``keep_best``: a reported metric (higher is better) that decides which ``num_to_keep``
     checkpoints survive; Ray always keeps the latest one too, which is what a resume reads.
     """
     return TorchTrainer(
-        loop,
-        train_loop_config=loop_config,
+        functools.partial(_call_loop, loop),
+        train_loop_config={LOOP_ARGS: args},
         scaling_config=ScalingConfig(
             num_workers=workers.num_workers,
             use_gpu=bool(getattr(workers, "use_gpu", False)),
@@ -101,12 +114,68 @@ def make_trainer(
     )
 
 
+def _call_loop(loop: Callable[[A], None], config: dict[str, Any]) -> None:
+    """On a worker: unpack :func:`make_trainer`'s one typed argument and run the loop with it."""
+    loop(config[LOOP_ARGS])
+
+
 def fit(trainer: TorchTrainer, what: str) -> Result:
     """``trainer.fit()``, failing loudly when the run ended without a checkpoint to export."""
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"{what}: training finished without a checkpoint ({result.error})")
     return result
+
+
+def ray_train_path(stage_uri: str) -> str:
+    """Where a stage keeps its Ray Train runs (``<stage_uri>/ray_train``)."""
+    return storage.join(stage_uri, RAY_TRAIN_DIR)
+
+
+def run_trainer(
+    loop: Callable[[A], None],
+    args: A,
+    workers: Workers,
+    *,
+    storage_path: str,
+    run_name: str,
+    fresh: bool,
+    what: str,
+    banner: str | None = None,
+    datasets: dict[str, Any] | None = None,
+    num_to_keep: int | None = None,
+    keep_best: str | None = None,
+) -> Result:
+    """The driver's side of every trainer here: one Ray Train run, from a clean slate or resumed.
+
+    ``fresh`` (``--force``) deletes the earlier checkpoints of ``storage_path/run_name`` first;
+    otherwise a run of that name resumes from its latest one. ``banner`` (the stage's one-line
+    summary of what it is about to train) is printed just before Ray starts the workers. Returns
+    the finished run, which has a checkpoint (:func:`fit`); ``what`` names it in that error.
+    The other arguments are :func:`make_trainer`'s.
+    """
+    if fresh:
+        storage.delete_dir(storage.join(storage_path, run_name))
+    if banner is not None:
+        print(banner, flush=True)
+    trainer = make_trainer(
+        loop,
+        args,
+        workers,
+        name=run_name,
+        storage_path=storage_path,
+        datasets=datasets,
+        num_to_keep=num_to_keep,
+        keep_best=keep_best,
+    )
+    return fit(trainer, what)
+
+
+def failure_point(env_var: str) -> int | None:
+    """Test-only fault injection: the epoch or step named by ``env_var`` in the driver's
+    environment (the loop's ``args`` carries it to the workers), None when unset or empty."""
+    value = os.environ.get(env_var)
+    return int(value) if value else None
 
 
 @contextlib.contextmanager

@@ -172,9 +172,6 @@ def _train(
     from sgrec_ray.align.train import train_adapter
 
     name = _run_name(ctx, phase, examples)
-    storage_path = ctx.path(STAGE, "train")
-    if ctx.force:
-        storage.delete_dir(storage.join(storage_path, name))
     started = time.time()
     history = train_adapter(
         phase,
@@ -183,11 +180,12 @@ def _train(
         ref,
         list(prompts.builder.score_ids),
         pad_id(prompts.builder.tok),
-        storage_path=storage_path,
+        storage_path=ctx.path(STAGE, "train"),
         name=name,
         out_uri=aligned_adapter(ctx, phase),
         init_adapter=init,
         seed=ctx.cfg.run.seed,
+        fresh=ctx.force,
     )
     final = history[-1] if history else {}
     return {

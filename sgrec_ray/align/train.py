@@ -22,6 +22,7 @@ import os
 import resource
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ from sgrec_ray.align.examples import Example
 from sgrec_ray.align.objectives import alignment_reward, answer_logp, sample_answers
 from sgrec_ray.config import AlignSection
 from sgrec_ray.judge.engines import ModelRef, _local
-from sgrec_ray.ray_train import checkpoint_dir, fit, inject_test_failure, load_state, make_trainer
+from sgrec_ray.ray_train import checkpoint_dir, inject_test_failure, load_state, run_trainer
 from sgrec_ray.rl.advantages import group_normalize
 from sgrec_ray.rl.objective import policy_loss
 
@@ -152,25 +153,40 @@ def sft_loss(
     }
 
 
-def train_loop(config: dict[str, Any]) -> None:
-    """Ray Train worker loop for one phase (``config["phase"]``); rank 0 checkpoints the adapter."""
+@dataclass(frozen=True)
+class AlignLoopArgs:
+    """Everything a worker of :func:`train_loop` reads for one phase."""
+
+    phase: str  # one of PHASES
+    align: AlignSection
+    examples: list[Example]
+    model: ModelRef  # the judge's base model
+    score_ids: list[int]  # token ids of the score digits
+    pad_id: int
+    init_adapter: str | None  # a URI: every worker fetches its own copy; None = a new adapter
+    seed: int  # run.seed
+    fail_at_step: int | None  # test-only: rank 0 of a fresh attempt dies after this step
+
+
+def train_loop(args: AlignLoopArgs) -> None:
+    """Ray Train worker loop for one phase (``args.phase``); rank 0 checkpoints the adapter."""
     import ray.train
     import ray.train.torch
 
-    cfg = AlignSection(**config["cfg"])
-    phase = config["phase"]
+    cfg = args.align
+    phase = args.phase
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = str(ray.train.torch.get_device()) if cfg.use_gpu else "cpu"
     if device == "cpu":
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-    examples = [Example.from_dict(d) for d in config["examples"]]
-    score_ids: list[int] = config["score_ids"]
+    examples = args.examples
+    score_ids = args.score_ids
     step, history, optim_state, ref_logp = 0, [], None, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a restarted worker group resumes at the last reported step
         with checkpoint_dir(checkpoint) as d:
-            model = load_policy(config["model"], cfg, os.path.join(d, ADAPTER_DIR), device)
+            model = load_policy(args.model, cfg, os.path.join(d, ADAPTER_DIR), device)
             state = load_state(os.path.join(d, STATE_FILE))
         step, history, optim_state, ref_logp = (
             state["step"],
@@ -179,11 +195,11 @@ def train_loop(config: dict[str, Any]) -> None:
             state.get("ref_logp"),
         )
     else:
-        init = config.get("init_adapter")  # a URI: every worker fetches its own copy
+        init = args.init_adapter
         if init is not None:
             init = storage.download_dir(init, tempfile.mkdtemp(prefix="align-init-"))
-        model = load_policy(config["model"], cfg, init, device)
-    pad_id: int = config["pad_id"]
+        model = load_policy(args.model, cfg, init, device)
+    pad_id = args.pad_id
     head = model.get_base_model().get_output_embeddings().weight.detach()
     net: nn.Module = SlotHidden(model)
     if world > 1:
@@ -202,7 +218,7 @@ def train_loop(config: dict[str, Any]) -> None:
     started = time.time()
     while step < total:
         epoch, k = divmod(step, per_epoch)
-        order = np.random.default_rng([config["seed"], epoch]).permutation(len(examples))
+        order = np.random.default_rng([args.seed, epoch]).permutation(len(examples))
         chunk = order[k * cfg.batch_size : (k + 1) * cfg.batch_size]
         if len(chunk) < world:  # every rank needs a shard: DDP all-reduces every step
             chunk = np.concatenate([chunk, order[: world - len(chunk)]])
@@ -222,7 +238,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 pad_id,
                 device,
                 cfg,
-                seed=config["seed"] * 1_000_003 + step * world + rank,
+                seed=args.seed * 1_000_003 + step * world + rank,
             )
         step += 1
         metrics |= {
@@ -240,7 +256,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 flush=True,
             )
             history.append(metrics)
-        if config.get("fail_at_step") == step and checkpoint is None and rank == 0:
+        if args.fail_at_step == step and checkpoint is None and rank == 0:
             inject_test_failure()
         if step % every and step < total:
             ray.train.report(metrics)
@@ -407,31 +423,38 @@ def train_adapter(
     init_adapter: str | None = None,
     seed: int = 0,
     fail_at_step: int | None = None,
+    fresh: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run one phase on Ray Train; copy the final adapter to ``out_uri``; return rank 0's log."""
+    """Run one phase on Ray Train; copy the final adapter to ``out_uri``; return rank 0's log.
+
+    The run is ``storage_path/name``: a rerun of that name resumes, unless ``fresh`` (``--force``)
+    deletes its earlier checkpoints first.
+    """
     if phase not in PHASES:
         raise ValueError(f"phase {phase!r}: one of {PHASES}")
     if not examples:
         raise ValueError(f"align {phase}: no training examples")
-    trainer = make_trainer(
+    args = AlignLoopArgs(
+        phase=phase,
+        align=cfg,
+        examples=list(examples),
+        model=ref,
+        score_ids=list(score_ids),
+        pad_id=int(pad_id),
+        init_adapter=init_adapter,
+        seed=seed,
+        fail_at_step=fail_at_step,
+    )
+    result = run_trainer(
         train_loop,
-        {
-            "phase": phase,
-            "cfg": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
-            "examples": [e.to_dict() for e in examples],
-            "model": ref,
-            "score_ids": list(score_ids),
-            "pad_id": int(pad_id),
-            "init_adapter": init_adapter,
-            "seed": seed,
-            "fail_at_step": fail_at_step,
-        },
+        args,
         cfg,
-        name=name,
         storage_path=storage_path,
+        run_name=name,
+        fresh=fresh,
+        what=f"align {phase}",
         num_to_keep=1,
     )
-    result = fit(trainer, f"align {phase}")
     with checkpoint_dir(result.checkpoint) as d:
         storage.upload_dir(os.path.join(d, ADAPTER_DIR), out_uri)
         state = load_state(os.path.join(d, STATE_FILE))

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,23 @@ MODEL_DIR = "model"
 TRAIN_LOG_FILE = "train_log.jsonl"
 
 
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """What a training checkpoint records beside the weights: the model's name and its SIDs.
+
+    SFT builds it from its config sections and the sid stage's outputs, A2PO from the SFT
+    checkpoint it starts from; :func:`save_checkpoint` turns it into the ``GeneratorMeta`` and the
+    SID files of the generator checkpoint layout.
+    """
+
+    size: str  # generator.size (a named from-scratch size)
+    pretrained: str | None  # generator.pretrained: the base model, None for a from-scratch size
+    level_sizes: list[int]  # codes per SID level (vocab size = 3 + sum)
+    item_tokens: np.ndarray  # int64 [n_items, depth], SID token ids of each item_idx
+    sid_vocab_json: str  # SidVocab.to_json()
+    max_history: int  # data.max_history the model was trained with
+
+
 def save_checkpoint(
     out_dir: str,
     model: torch.nn.Module,
@@ -43,7 +61,7 @@ def save_checkpoint(
     epoch: int,
     step: int,
     log: list[dict[str, Any]],
-    config: dict[str, Any],
+    spec: GeneratorSpec,
     extra_state: dict[str, Any] | None = None,
     rerank_weight: float = 0.0,
     valid_ndcg: float | None = None,
@@ -51,13 +69,13 @@ def save_checkpoint(
     """Write a Ray Train checkpoint: the generator checkpoint layout + train state + log."""
     hf = unwrap(model)
     meta = GeneratorMeta(
-        size=config["size"],
-        pretrained=config["pretrained"],
-        sid_vocab_size=3 + sum(config["level_sizes"]),
+        size=spec.size,
+        pretrained=spec.pretrained,
+        sid_vocab_size=3 + sum(spec.level_sizes),
         model_vocab_size=int(hf.config.vocab_size),
-        depth=int(config["item_tokens"].shape[1]),
-        n_items=int(config["item_tokens"].shape[0]),
-        max_history=config["max_history"],
+        depth=int(spec.item_tokens.shape[1]),
+        n_items=int(spec.item_tokens.shape[0]),
+        max_history=spec.max_history,
         epoch=epoch,
         step=step,
         token_map=[int(t) for t in token_map],
@@ -65,7 +83,7 @@ def save_checkpoint(
         valid_ndcg=valid_ndcg,
         layout="item" if isinstance(hf, ItemLayoutLM) else "token",
     )
-    save_generator(hf, out_dir, meta, config["item_tokens"], config["sid_vocab_json"], tokenizer)
+    save_generator(hf, out_dir, meta, spec.item_tokens, spec.sid_vocab_json, tokenizer)
     torch.save(
         {
             "optimizer": optimizer.state_dict(),

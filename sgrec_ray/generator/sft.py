@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,11 +37,12 @@ from ray.train import Checkpoint
 from transformers import get_cosine_schedule_with_warmup
 
 from sgrec_ray import storage
-from sgrec_ray.config import Config
+from sgrec_ray.config import Config, GeneratorSection, SftSection
 from sgrec_ray.data.schema import TRAIN_FILE, VALID_FILE
 from sgrec_ray.generator.checkpoint import (
     MODEL_DIR,
     TRAIN_LOG_FILE,
+    GeneratorSpec,
     export_checkpoint,
     restore_checkpoint,
     save_checkpoint,
@@ -56,7 +57,7 @@ from sgrec_ray.generator.model import (
     param_groups,
 )
 from sgrec_ray.generator.validate import choose_weight, validate_on_rank0
-from sgrec_ray.ray_train import fit, inject_test_failure, make_trainer
+from sgrec_ray.ray_train import failure_point, inject_test_failure, ray_train_path, run_trainer
 from sgrec_ray.runs import RunContext, StageResult
 from sgrec_ray.sid.stage import load_sid_artifacts
 from sgrec_ray.sid.trie import SidTrie, SidVocab
@@ -64,6 +65,24 @@ from sgrec_ray.sid.trie import SidTrie, SidVocab
 STAGE = "sft"
 FAIL_ENV = "SGREC_TEST_FAIL_AFTER_EPOCH"
 VALID_METRIC = "valid_ndcg@10"
+
+
+@dataclass(frozen=True)
+class SftLoopArgs:
+    """Everything a worker of :func:`_train_loop` reads: the config sections and what the driver
+    derived from them and from the data."""
+
+    generator: GeneratorSection
+    sft: SftSection
+    seed: int  # run.seed
+    spec: GeneratorSpec  # the model and its SIDs, as checkpoints record them
+    warmup_steps: int
+    total_steps: int  # >= 1: the scheduler's length
+    fail_after_epoch: int | None  # test-only fault injection (module doc)
+    eval_every: int  # sft.eval_every, 0 when there are no validation samples
+    rerank_weights: list[float]  # candidate re-ranking weights, never empty
+    valid_histories: list[list[int]]
+    valid_targets: list[int]
 
 
 def run(ctx: RunContext) -> StageResult:
@@ -111,9 +130,7 @@ def train_generator(
     """
     started = time.time()
     sft = cfg.sft
-    storage_path = storage.join(stage_uri, "ray_train")
-    if fresh:
-        storage.delete_dir(storage.join(storage_path, run_name))
+    storage_path = ray_train_path(stage_uri)
     max_items = cfg.data.max_history + 1
     ds = ray.data.read_parquet(storage.normalize(train_uri), columns=["items", "loss_from"])
     ds = ds.map_batches(
@@ -129,55 +146,44 @@ def train_generator(
     total_steps = sft.epochs * steps_per_epoch
     if sft.max_steps is not None:
         total_steps = min(total_steps, sft.max_steps)
-    fail_after = os.environ.get(FAIL_ENV)
     validate = valid is not None and sft.eval_every > 0
     if validate and sft.valid_users is not None:
         valid = valid.slice(0, sft.valid_users)
-    loop_config = {
-        "item_tokens": np.asarray(item_tokens, dtype=np.int64),
-        "level_sizes": list(level_sizes),
-        "sid_vocab_json": sid_vocab_json,
-        "size": cfg.generator.size,
-        "pretrained": cfg.generator.pretrained,
-        "layout": cfg.generator.layout,
-        "max_history": cfg.data.max_history,
-        "seed": cfg.run.seed,
-        "epochs": sft.epochs,
-        "lr": sft.lr,
-        "weight_decay": sft.weight_decay,
-        "batch_size": sft.batch_size,
-        "warmup_steps": int(sft.warmup_ratio * total_steps),
-        "total_steps": max(total_steps, 1),
-        "max_steps": sft.max_steps,
-        "grad_clip": sft.grad_clip,
-        "checkpoint_every": max(sft.checkpoint_every, 1),
-        "fail_after_epoch": int(fail_after) if fail_after else None,
-        "item_loss_weight": sft.item_loss_weight,
-        "dropout": sft.dropout,
-        "eval_every": sft.eval_every if validate else 0,
-        "patience": sft.patience,
-        "valid_beam_width": sft.valid_beam_width,
-        "rerank_weights": list(sft.rerank_weights) or [0.0],
-        "valid_histories": _column(valid, "history") if validate else [],
-        "valid_targets": _column(valid, "target") if validate else [],
-    }
-    print(
-        f"[sft] {n_rows} training windows, {sft.num_workers} worker(s), "
+    args = SftLoopArgs(
+        generator=cfg.generator,
+        sft=sft,
+        seed=cfg.run.seed,
+        spec=GeneratorSpec(
+            size=cfg.generator.size,
+            pretrained=cfg.generator.pretrained,
+            level_sizes=list(level_sizes),
+            item_tokens=np.asarray(item_tokens, dtype=np.int64),
+            sid_vocab_json=sid_vocab_json,
+            max_history=cfg.data.max_history,
+        ),
+        warmup_steps=int(sft.warmup_ratio * total_steps),
+        total_steps=max(total_steps, 1),
+        fail_after_epoch=failure_point(FAIL_ENV),
+        eval_every=sft.eval_every if validate else 0,
+        rerank_weights=list(sft.rerank_weights) or [0.0],
+        valid_histories=_column(valid, "history") if validate else [],
+        valid_targets=_column(valid, "target") if validate else [],
+    )
+    result = run_trainer(
+        _train_loop,
+        args,
+        sft,
+        storage_path=storage_path,
+        run_name=run_name,
+        fresh=fresh,
+        what=f"SFT run {run_name}",
+        banner=f"[sft] {n_rows} training windows, {sft.num_workers} worker(s), "
         f"{steps_per_epoch} steps/epoch, {total_steps} steps, model {cfg.generator.pretrained or cfg.generator.size}"
         + (f", early stopping on {len(valid)} validation users" if validate else ""),
-        flush=True,
-    )
-    trainer = make_trainer(
-        _train_loop,
-        loop_config,
-        sft,
-        name=run_name,
-        storage_path=storage_path,
         datasets={"train": ds},
         num_to_keep=1 if validate else None,
         keep_best=VALID_METRIC if validate else None,
     )
-    result = fit(trainer, f"SFT run {run_name}")
     model_uri = storage.join(stage_uri, MODEL_DIR)
     log_uri = storage.join(stage_uri, TRAIN_LOG_FILE)
     best = result.get_best_checkpoint(VALID_METRIC, "max") if validate else None
@@ -242,40 +248,40 @@ def _peak_rss_mb() -> float:
 # Per-worker training loop
 
 
-def _fresh_model(config: dict[str, Any]) -> tuple[torch.nn.Module, Any, np.ndarray]:
+def _fresh_model(args: SftLoopArgs) -> tuple[torch.nn.Module, Any, np.ndarray]:
     """(model, tokenizer or None, token_map) for a run that has no checkpoint yet."""
-    vocab_size = 3 + sum(config["level_sizes"])
-    if config["pretrained"]:
-        return load_pretrained(config["pretrained"], config["level_sizes"])
-    depth = int(config["item_tokens"].shape[1])
-    model = build_model(config["size"], vocab_size, config["seed"], config["layout"], depth)
+    gen, spec = args.generator, args.spec
+    vocab_size = 3 + sum(spec.level_sizes)
+    if gen.pretrained:
+        return load_pretrained(gen.pretrained, spec.level_sizes)
+    depth = int(spec.item_tokens.shape[1])
+    model = build_model(gen.size, vocab_size, args.seed, gen.layout, depth)
     return model, None, identity_map(vocab_size)
 
 
-def _train_loop(config: dict[str, Any]) -> None:
+def _train_loop(args: SftLoopArgs) -> None:
     """One Ray Train worker: setup (fresh or from checkpoint), then an explicit epoch loop."""
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(config["seed"] + rank)
-    item_tokens: np.ndarray = config["item_tokens"]
+    sft = args.sft
+    torch.manual_seed(args.seed + rank)
+    item_tokens: np.ndarray = args.spec.item_tokens
 
     ckpt = ray.train.get_checkpoint()
     state: dict[str, Any] | None = None
     log: list[dict[str, Any]] = []
     if ckpt is None:
-        model, tokenizer, token_map = _fresh_model(config)
+        model, tokenizer, token_map = _fresh_model(args)
     else:
         model, tokenizer, state, log = restore_checkpoint(ckpt)
         token_map = np.asarray(state["token_map"], dtype=np.int64)
-    add_dropout(model, config["dropout"])  # hooks, not weights: re-added after every restore
+    add_dropout(model, sft.dropout)  # hooks, not weights: re-added after every restore
     model = ray.train.torch.prepare_model(model)  # device placement + DDP when world > 1
     device = ray.train.torch.get_device()
     optimizer = torch.optim.AdamW(
-        param_groups(model, config["weight_decay"]), lr=config["lr"], betas=(0.9, 0.95)
+        param_groups(model, sft.weight_decay), lr=sft.lr, betas=(0.9, 0.95)
     )
-    scheduler = get_cosine_schedule_with_warmup(
-        optimizer, config["warmup_steps"], config["total_steps"]
-    )
+    scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.total_steps)
     start_epoch, step = 0, 0
     best, since_best = -math.inf, 0  # validation: best NDCG@10 so far, validations since then
     if state is not None:
@@ -291,26 +297,26 @@ def _train_loop(config: dict[str, Any]) -> None:
                 f"[sft] resumed from epoch {state['epoch'] + 1} checkpoint (step {step})",
                 flush=True,
             )
-    max_steps = config["max_steps"] if config["max_steps"] is not None else math.inf
-    fail_after = config["fail_after_epoch"] if state is None else None  # test hook, see module doc
+    max_steps = sft.max_steps if sft.max_steps is not None else math.inf
+    fail_after = args.fail_after_epoch if state is None else None  # test hook, see module doc
 
     shard = ray.train.get_dataset_shard("train")
-    item_w = config["item_loss_weight"]
+    item_w = sft.item_loss_weight
     tmap_t = torch.as_tensor(token_map, device=device)
     items = incidence(torch.as_tensor(item_tokens, device=device), len(tmap_t))
     depth = item_tokens.shape[1]
-    eval_every = config["eval_every"]
+    eval_every = args.eval_every
     t_start = time.time()
-    for epoch in range(start_epoch, config["epochs"]):
+    for epoch in range(start_epoch, sft.epochs):
         if step >= max_steps:
             break
         model.train()
         t0, n_seq, loss_sum, n_batches = time.time(), 0, 0.0, 0
         for batch in shard.iter_batches(
-            batch_size=config["batch_size"],
+            batch_size=sft.batch_size,
             batch_format="numpy",
-            local_shuffle_buffer_size=4 * config["batch_size"],
-            local_shuffle_seed=config["seed"] * 1000 + epoch,
+            local_shuffle_buffer_size=4 * sft.batch_size,
+            local_shuffle_seed=args.seed * 1000 + epoch,
         ):
             examples = [
                 (*training_example(row, lf, item_tokens), item_labels(row, lf, depth))
@@ -324,7 +330,7 @@ def _train_loop(config: dict[str, Any]) -> None:
                 loss = loss + item_w * item_loss(out.logits, labels, items, tmap_t)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
+            torch.nn.utils.clip_grad_norm_(model.parameters(), sft.grad_clip)
             optimizer.step()
             scheduler.step()
             step += 1
@@ -347,10 +353,10 @@ def _train_loop(config: dict[str, Any]) -> None:
             "world_size": world,
             "peak_rss_mb": _peak_rss_mb(),
         }
-        last = epoch == config["epochs"] - 1 or step >= max_steps
+        last = epoch == sft.epochs - 1 or step >= max_steps
         validating = eval_every > 0 and ((epoch + 1) % eval_every == 0 or last)
         if validating:
-            scores = _validate(model, config, token_map, rank, world, device)
+            scores = _validate(model, args, token_map, rank, world, device)
             weight = choose_weight(scores)
             record.update(
                 {
@@ -361,7 +367,7 @@ def _train_loop(config: dict[str, Any]) -> None:
             )
             improved = scores[weight] > best
             best, since_best = (scores[weight], 0) if improved else (best, since_best + 1)
-            last = last or since_best >= config["patience"]
+            last = last or since_best >= sft.patience
             record["best"] = improved
         log.append(record)
         if rank == 0:
@@ -372,13 +378,13 @@ def _train_loop(config: dict[str, Any]) -> None:
                 else ""
             )
             print(
-                f"[sft] epoch {epoch + 1}/{config['epochs']} step {step} loss {record['loss']:.4f}"
+                f"[sft] epoch {epoch + 1}/{sft.epochs} step {step} loss {record['loss']:.4f}"
                 f"{valid} {record['seq_per_s']:.0f} seq/s epoch {epoch_s:.1f}s "
                 f"elapsed {record['elapsed_s']:.0f}s",
                 flush=True,
             )
         # With validation, checkpoints carry the metric (Ray keeps the best and the latest).
-        every = eval_every if eval_every > 0 else config["checkpoint_every"]
+        every = eval_every if eval_every > 0 else max(sft.checkpoint_every, 1)
         if (epoch + 1) % every == 0 or last:
             with tempfile.TemporaryDirectory() as tmp:
                 checkpoint = None
@@ -393,7 +399,7 @@ def _train_loop(config: dict[str, Any]) -> None:
                         epoch,
                         step,
                         log,
-                        config,
+                        args.spec,
                         extra_state={"best": best, "since_best": since_best},
                         rerank_weight=record.get("rerank_weight", 0.0),
                         valid_ndcg=record.get(VALID_METRIC),
@@ -408,23 +414,23 @@ def _train_loop(config: dict[str, Any]) -> None:
 
 def _validate(
     model: torch.nn.Module,
-    config: dict[str, Any],
+    args: SftLoopArgs,
     token_map: np.ndarray,
     rank: int,
     world: int,
     device: torch.device,
 ) -> dict[float, float]:
     """{re-ranking weight: validation NDCG@10}, the same on every rank."""
-    item_tokens = config["item_tokens"]
+    item_tokens = args.spec.item_tokens
     return validate_on_rank0(
         model,
-        config["valid_histories"],
-        config["valid_targets"],
+        args.valid_histories,
+        args.valid_targets,
         item_tokens,
-        SidTrie.from_tokens(item_tokens, SidVocab.from_json(config["sid_vocab_json"])),
+        SidTrie.from_tokens(item_tokens, SidVocab.from_json(args.spec.sid_vocab_json)),
         token_map,
-        beam_width=config["valid_beam_width"],
-        weights=config["rerank_weights"],
+        beam_width=args.sft.valid_beam_width,
+        weights=args.rerank_weights,
         rank=rank,
         world=world,
         device=device,

@@ -46,7 +46,7 @@ from sgrec_ray.judge.user_features import (
     fit_spec,
     histories_before,
 )
-from sgrec_ray.ray_train import checkpoint_dir, fit, make_trainer
+from sgrec_ray.ray_train import checkpoint_dir, run_trainer
 from sgrec_ray.runs import RunContext, StageResult
 
 log = logging.getLogger(__name__)
@@ -276,20 +276,30 @@ def _make_batch(data: dict[str, np.ndarray], users: np.ndarray) -> PairBatch:
     )
 
 
-def train_loop(config: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class AggregateLoopArgs:
+    """Everything a worker of :func:`train_loop` reads."""
+
+    aggregate: AggregateSection
+    data: dict[str, np.ndarray]  # pack_training_data's arrays
+    spec: dict[str, Any]  # the model's spec.json (aspects, features, ...)
+    seed: int  # run.seed
+
+
+def train_loop(args: AggregateLoopArgs) -> None:
     """Ray Train worker loop: users sharded across ranks, every rank reports every epoch."""
     import ray.train
     import ray.train.torch
 
     torch.set_num_threads(1)  # tiny model: threads only fight the other workers for cores
-    cfg = AggregateSection(**config["cfg"])
-    data: dict[str, np.ndarray] = config["data"]
+    cfg = args.aggregate
+    data = args.data
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     n_users = len(data["features"])
     # The hidden layer's initial weights come from torch's global generator: seed it, or two runs
     # on the same pairs learn different w(x) (held-out PairAUC moved by 0.03 on 119 pairs).
-    torch.manual_seed(config["seed"])
+    torch.manual_seed(args.seed)
     net = AspectWeightNet(data["features"].shape[1], data["a_pref"].shape[1], cfg.hidden)
     start, history = 0, []
     checkpoint = ray.train.get_checkpoint()
@@ -304,8 +314,8 @@ def train_loop(config: dict[str, Any]) -> None:
     pairs_per_user = len(data["a_pref"]) / max(n_users, 1)
     for epoch in range(start, cfg.epochs):
         # Same seed on every rank: the permutation (and so the chunking) must agree across ranks.
-        rng = np.random.default_rng([config["seed"], epoch])
-        gen = torch.Generator().manual_seed(config["seed"] * 100_003 + epoch * world + rank)
+        rng = np.random.default_rng([args.seed, epoch])
+        gen = torch.Generator().manual_seed(args.seed * 100_003 + epoch * world + rank)
         losses = []
         for users in _batches(n_users, pairs_per_user, cfg.batch_size, world, rng)[rank::world]:
             batch = _make_batch(data, users)
@@ -330,7 +340,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 )
             history.append(metrics)
             with tempfile.TemporaryDirectory() as d:
-                save_model(d, net, config["spec"], epoch, history)
+                save_model(d, net, args.spec, epoch, history)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
@@ -368,27 +378,28 @@ def train_aggregator(
     storage_path: str,
     name: str,
     seed: int = 0,
+    fresh: bool = False,
 ) -> tuple[Any, list[dict[str, Any]]]:
-    """Fit w(x) with TorchTrainer. Returns (final Checkpoint, per-epoch metrics of rank 0)."""
+    """Fit w(x) with TorchTrainer. Returns (final Checkpoint, per-epoch metrics of rank 0).
+
+    The run is ``storage_path/name``: a rerun of that name resumes, unless ``fresh`` (``--force``)
+    deletes its earlier checkpoints first.
+    """
 
     if cfg.num_workers < 1:
         raise ValueError(
             "aggregate.num_workers must be ≥ 1 (0 runs in-process and saves no checkpoint)"
         )
-    trainer = make_trainer(
+    result = run_trainer(
         train_loop,
-        {
-            "cfg": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
-            "data": data,
-            "spec": spec,
-            "seed": seed,
-        },
+        AggregateLoopArgs(aggregate=cfg, data=data, spec=spec, seed=seed),
         cfg,
-        name=name,
         storage_path=storage_path,
+        run_name=name,
+        fresh=fresh,
+        what="aggregate",
         num_to_keep=2,
     )
-    result = fit(trainer, "aggregate")
     with checkpoint_dir(result.checkpoint) as d:
         state = torch.load(os.path.join(d, WEIGHTS_FILE), weights_only=True)
     history: list[dict[str, Any]] = state.get("history", [])
@@ -508,10 +519,10 @@ def fit_weights(
     train_users = [u for u, t in zip(pair_users, is_train, strict=True) if t]
     data = pack_training_data(train_users, a_pref[is_train], a_other[is_train], user_features)
     name = f"train-{_run_name(ctx, data, spec)}"
-    if ctx.force:
-        storage.delete_dir(storage.join(out_uri, name))
     t0 = time.time()
-    checkpoint, history = train_aggregator(data, cfg, spec, out_uri, name, ctx.cfg.run.seed)
+    checkpoint, history = train_aggregator(
+        data, cfg, spec, out_uri, name, ctx.cfg.run.seed, fresh=ctx.force
+    )
     train_s = time.time() - t0
     model_uri = storage.join(out_uri, MODEL_DIR)
     _copy_checkpoint(checkpoint, model_uri)

@@ -34,7 +34,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,10 +47,15 @@ from ray.train import Checkpoint
 from transformers import get_cosine_schedule_with_warmup
 
 from sgrec_ray import storage
-from sgrec_ray.config import Config, ConfigError, RlSection
+from sgrec_ray.config import Config, ConfigError, RlSection, SftSection
 from sgrec_ray.data import schema
 from sgrec_ray.eval.stage import eval_split, evaluate_model
-from sgrec_ray.generator.checkpoint import export_checkpoint, restore_checkpoint, save_checkpoint
+from sgrec_ray.generator.checkpoint import (
+    GeneratorSpec,
+    export_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from sgrec_ray.generator.model import (
     ITEM_TOKENS_FILE,
     SID_VOCAB_FILE,
@@ -61,7 +66,7 @@ from sgrec_ray.generator.sft import VALID_METRIC
 from sgrec_ray.generator.validate import choose_weight, validate_on_rank0
 from sgrec_ray.judge.checks import check_engine, preflight, require_in_process
 from sgrec_ray.judge.reward_service import start_reward_service
-from sgrec_ray.ray_train import fit, inject_test_failure, make_trainer
+from sgrec_ray.ray_train import failure_point, inject_test_failure, ray_train_path, run_trainer
 from sgrec_ray.rl.advantages import get_advantage
 from sgrec_ray.rl.groups import fuse_batch
 from sgrec_ray.rl.objective import policy_loss
@@ -106,6 +111,29 @@ class Prompts:
 
     def __len__(self) -> int:
         return len(self.user_ids)
+
+
+@dataclass(frozen=True)
+class A2poLoopArgs:
+    """Everything a worker of :func:`_train_loop` reads: the config sections and the run's inputs."""
+
+    rl: RlSection
+    sft: SftSection  # validation: sft.valid_beam_width (the SFT's own validation, so step 0 is its)
+    seed: int  # run.seed
+    steps: int  # the run's RL steps (total_steps)
+    eval_every: int  # rl.eval_every, 0 when there are no validation samples
+    rerank_weights: list[float]  # candidate re-ranking weights, never empty
+    valid_histories: list[list[int]]
+    valid_targets: list[int]
+    prompts: Prompts
+    sft_uri: str  # initial policy and frozen reference
+    ranker_uri: str | None
+    sasrec_uri: str | None
+    item_value: np.ndarray | None  # float64 [n_items]; None = 1
+    semantic: Any | None  # a RewardClient when the run calls the judge
+    telemetry_uri: str
+    run_tag: str
+    fail_after_step: int | None  # test-only fault injection (module doc)
 
 
 def require_room_for_service(cfg: Config) -> None:
@@ -314,50 +342,44 @@ def train_policy(
         raise ValueError(
             f"rl.business_reward={rl.business_reward} needs the sasrec stage's model (sasrec_uri)"
         )
-    storage_path = storage.join(stage_uri, "ray_train")
-    if fresh:
-        storage.delete_dir(storage.join(storage_path, run_name))
-    fail_after = os.environ.get(FAIL_ENV)
     steps = total_steps(rl, len(prompts))
     validate = valid is not None and rl.eval_every > 0
-    loop_config = {
-        "rl": asdict(rl),
-        "steps": steps,
-        "eval_every": rl.eval_every if validate else 0,
-        "valid_histories": valid.column("history").to_pylist() if validate else [],
-        "valid_targets": valid.column("target").to_pylist() if validate else [],
-        "valid_beam_width": cfg.sft.valid_beam_width,
-        "rerank_weights": list(cfg.sft.rerank_weights) or [0.0],
-        "prompts": prompts,
-        "sft_uri": sft_uri,
-        "ranker_uri": ranker_uri,
-        "sasrec_uri": sasrec_uri,
-        "item_value": item_value,
-        "semantic": semantic if uses_judge(rl) else None,
-        "seed": cfg.run.seed,
-        "telemetry_uri": storage.join(stage_uri, TELEMETRY_FILE),
-        "run_tag": run_name,
-        "fail_after_step": int(fail_after) if fail_after else None,
-    }
+    args = A2poLoopArgs(
+        rl=rl,
+        sft=cfg.sft,
+        seed=cfg.run.seed,
+        steps=steps,
+        eval_every=rl.eval_every if validate else 0,
+        rerank_weights=list(cfg.sft.rerank_weights) or [0.0],
+        valid_histories=valid.column("history").to_pylist() if validate else [],
+        valid_targets=valid.column("target").to_pylist() if validate else [],
+        prompts=prompts,
+        sft_uri=sft_uri,
+        ranker_uri=ranker_uri,
+        sasrec_uri=sasrec_uri,
+        item_value=item_value,
+        semantic=semantic if uses_judge(rl) else None,
+        telemetry_uri=storage.join(stage_uri, TELEMETRY_FILE),
+        run_tag=run_name,
+        fail_after_step=failure_point(FAIL_ENV),
+    )
     per_worker = max(rl.users_per_step // rl.num_workers, 1)
-    print(
-        f"[a2po] {rl.advantage} / {rl.business_reward} reward, semantic_rate {rl.semantic_rate}, "
-        f"{len(prompts)} prompts, {steps} steps x {per_worker} groups x {rl.num_workers} "
-        f"worker(s) x G={rl.group_size} ({rl.rollout}) = "
+    result = run_trainer(
+        _train_loop,
+        args,
+        rl,
+        storage_path=ray_train_path(stage_uri),
+        run_name=run_name,
+        fresh=fresh,
+        what=f"A2PO run {run_name}",
+        banner=f"[a2po] {rl.advantage} / {rl.business_reward} reward, semantic_rate "
+        f"{rl.semantic_rate}, {len(prompts)} prompts, {steps} steps x {per_worker} groups x "
+        f"{rl.num_workers} worker(s) x G={rl.group_size} ({rl.rollout}) = "
         f"{steps * per_worker * rl.num_workers / len(prompts):.2f} epochs"
         + (f", validated every {rl.eval_every} steps on {len(valid)} users" if validate else ""),
-        flush=True,
-    )
-    trainer = make_trainer(
-        _train_loop,
-        loop_config,
-        rl,
-        name=run_name,
-        storage_path=storage_path,
         num_to_keep=1 if validate else None,
         keep_best=VALID_METRIC if validate else None,
     )
-    result = fit(trainer, f"A2PO run {run_name}")
     model_uri = storage.join(stage_uri, MODEL_DIR)
     best = result.get_best_checkpoint(VALID_METRIC, "max") if validate else None
     log = export_checkpoint(best or result.checkpoint, model_uri, log_from=result.checkpoint)
@@ -583,17 +605,17 @@ def make_optimizer(
     return optimizer, scheduler
 
 
-def _train_loop(config: dict[str, Any]) -> None:
+def _train_loop(args: A2poLoopArgs) -> None:
     """One Ray Train worker: setup (fresh from SFT or from an RL checkpoint), then the step loop."""
     tctx = ray.train.get_context()
     rank, world = tctx.get_world_rank(), tctx.get_world_size()
-    rl = RlSection(**config["rl"])
-    seed = config["seed"]
+    rl = args.rl
+    seed = args.seed
     torch.manual_seed(seed * 1000 + rank)
 
-    sft = load_generator(config["sft_uri"])
+    sft = load_generator(args.sft_uri)
     item_tokens, sid_vocab_json = sft.item_tokens, sft.sid_vocab_json
-    reference = load_generator(config["sft_uri"]).model.eval().requires_grad_(False)
+    reference = load_generator(args.sft_uri).model.eval().requires_grad_(False)
     ckpt = ray.train.get_checkpoint()
     state: dict[str, Any] | None = None
     log: list[dict[str, Any]] = []
@@ -604,21 +626,21 @@ def _train_loop(config: dict[str, Any]) -> None:
     else:
         model, tokenizer, state, log = restore_checkpoint(ckpt)
         token_map = np.asarray(state["token_map"], dtype=np.int64)
-    save_cfg = {  # what the shared checkpoint writer (checkpoint.save_checkpoint) needs to rebuild the meta
-        "size": sft.meta.size,
-        "pretrained": sft.meta.pretrained,
-        "level_sizes": SidVocab.from_json(sid_vocab_json).level_sizes,
-        "item_tokens": item_tokens,
-        "sid_vocab_json": sid_vocab_json,
-        "max_history": sft.meta.max_history,
-    }
+    spec = GeneratorSpec(  # what every RL checkpoint records: the SFT checkpoint's model and SIDs
+        size=sft.meta.size,
+        pretrained=sft.meta.pretrained,
+        level_sizes=SidVocab.from_json(sid_vocab_json).level_sizes,
+        item_tokens=item_tokens,
+        sid_vocab_json=sid_vocab_json,
+        max_history=sft.meta.max_history,
+    )
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     reference.to(device)
-    n_steps, eval_every = config["steps"], config["eval_every"]
+    n_steps, eval_every = args.steps, args.eval_every
     optimizer, scheduler = make_optimizer(model, rl, n_steps)
     # The endpoint's scorer at the SFT's weight; validations re-choose the weight.
-    scorer = ServedScorer.of(sft, config["valid_beam_width"], device)
+    scorer = ServedScorer.of(sft, args.sft.valid_beam_width, device)
     start = 0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -628,27 +650,27 @@ def _train_loop(config: dict[str, Any]) -> None:
         log.append({"event": "resumed", "from_step": start, "world_size": world})
         if rank == 0:
             print(f"[a2po] resumed from the step-{start} checkpoint", flush=True)
-    fail_after = config["fail_after_step"] if state is None else None
+    fail_after = args.fail_after_step if state is None else None
 
     reward_fn = get_business_reward(rl.business_reward)
     adv_fn = get_advantage(rl.advantage)
     ranker = None
-    if config["ranker_uri"]:
+    if args.ranker_uri:
         from sgrec_ray.rl.ranker import load_ranker
 
-        ranker = load_ranker(config["ranker_uri"])
+        ranker = load_ranker(args.ranker_uri)
     sasrec = None
-    if config["sasrec_uri"]:
-        sasrec = SasRecRecommender.load(config["sasrec_uri"])
-    semantic = config["semantic"]
-    prompts: Prompts = config["prompts"]
-    telemetry = Telemetry(config["telemetry_uri"] if rank == 0 else None, config["run_tag"])
+    if args.sasrec_uri:
+        sasrec = SasRecRecommender.load(args.sasrec_uri)
+    semantic = args.semantic
+    prompts = args.prompts
+    telemetry = Telemetry(args.telemetry_uri if rank == 0 else None, args.run_tag)
 
     def validate() -> float:
         """Validation NDCG@10 as served: the best over the candidate weights, which it adopts."""
         scores = validate_on_rank0(
-            model, config["valid_histories"], config["valid_targets"], item_tokens, scorer.trie,
-            token_map, config["valid_beam_width"], config["rerank_weights"], rank, world, device,
+            model, args.valid_histories, args.valid_targets, item_tokens, scorer.trie,
+            token_map, args.sft.valid_beam_width, args.rerank_weights, rank, world, device,
         )  # fmt: skip
         scorer.weight = choose_weight(scores)
         return round(scores[scorer.weight], 5)
@@ -691,7 +713,7 @@ def _train_loop(config: dict[str, Any]) -> None:
         env = RewardEnv(
             histories=batch.histories,
             ranker=ranker,
-            item_values=config["item_value"],
+            item_values=args.item_value,
             sasrec=sasrec,
             weights=rl.composite_weights,
             positives=batch.positives or None,
@@ -778,7 +800,7 @@ def _train_loop(config: dict[str, Any]) -> None:
                 checkpoint = None
                 if rank == 0:  # one writer; every rank still reports (a barrier)
                     save_checkpoint(tmp, model, tokenizer, token_map, optimizer, scheduler,
-                          done, done, log, save_cfg, rerank_weight=scorer.weight,
+                          done, done, log, spec, rerank_weight=scorer.weight,
                           valid_ndcg=record.get(VALID_METRIC),
                           extra_state={"rerank_weight": scorer.weight})  # fmt: skip
                     checkpoint = Checkpoint.from_directory(tmp)

@@ -24,6 +24,7 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,9 +38,9 @@ from ray.train import Checkpoint
 from torch import nn
 
 from sgrec_ray import storage
-from sgrec_ray.config import Config
+from sgrec_ray.config import Config, RankerSection
 from sgrec_ray.data import schema
-from sgrec_ray.ray_train import checkpoint_dir, fit, make_trainer
+from sgrec_ray.ray_train import checkpoint_dir, ray_train_path, run_trainer
 from sgrec_ray.runs import RunContext, StageResult
 
 STAGE = "ranker"
@@ -258,30 +259,25 @@ def run(ctx: RunContext) -> StageResult:
     if not train["item"]:
         raise ValueError(f"{ctx.path('data', schema.INTERACTIONS_FILE)}: no rows to train on")
     run_name = f"ranker-{ctx.attempt(STAGE).fingerprint}"
-    storage_path = storage.join(ctx.stage_uri(STAGE), "ray_train")
-    if ctx.force:
-        storage.delete_dir(storage.join(storage_path, run_name))
-    loop_config = {
-        "n_items": n_items,
-        "emb": emb,
-        "log_pop": log_pop,
-        "hidden": rk.hidden,
-        "lr": rk.lr,
-        "epochs": rk.epochs,
-        "batch_size": rk.batch_size,
-        "seed": cfg.run.seed,
-        "max_history": cfg.data.max_history,
-        "held": held,
-    }
-    trainer = make_trainer(
+    args = RankerLoopArgs(
+        ranker=rk,
+        n_items=n_items,
+        emb=emb,
+        log_pop=log_pop,
+        held=held,
+        seed=cfg.run.seed,
+        max_history=cfg.data.max_history,
+    )
+    result = run_trainer(
         _train_loop,
-        loop_config,
+        args,
         rk,
-        name=run_name,
-        storage_path=storage_path,
+        storage_path=ray_train_path(ctx.stage_uri(STAGE)),
+        run_name=run_name,
+        fresh=ctx.force,
+        what=f"ranker run {run_name}",
         datasets={"train": ray.data.from_arrow(_rows_table(train))},
     )
-    result = fit(trainer, f"ranker run {run_name}")
     model_uri = ctx.path(STAGE, MODEL_DIR)
     with checkpoint_dir(result.checkpoint) as d:
         storage.delete_dir(model_uri)
@@ -310,12 +306,26 @@ def _read_embeddings(uri: str, n_items: int) -> NDArray[np.float32]:
     return out
 
 
-def _train_loop(config: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class RankerLoopArgs:
+    """Everything a worker of :func:`_train_loop` reads."""
+
+    ranker: RankerSection
+    n_items: int
+    emb: NDArray[np.float32] | None  # [n_items, dim] frozen text embeddings; None = learned table
+    log_pop: NDArray[np.float64]  # [n_items]
+    held: dict[str, list[Any]]  # held-out history/item/label rows (build_rows)
+    seed: int  # run.seed
+    max_history: int  # data.max_history, recorded in the model's spec
+
+
+def _train_loop(args: RankerLoopArgs) -> None:
     """One Ray Train worker: BCE on its shard, held-out AUC per epoch, checkpoint per epoch."""
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
-    torch.manual_seed(config["seed"])
-    net = RankerNet(config["n_items"], config["emb"], config["log_pop"], config["hidden"])
+    rk = args.ranker
+    torch.manual_seed(args.seed)
+    net = RankerNet(args.n_items, args.emb, args.log_pop, rk.hidden)
     start = 0
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
@@ -324,20 +334,20 @@ def _train_loop(config: dict[str, Any]) -> None:
             with open(os.path.join(d, SPEC_FILE)) as f:
                 start = json.load(f)["epoch"] + 1
     model = ray.train.torch.prepare_model(net)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config["lr"])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=rk.lr)
     loss_fn = nn.BCEWithLogitsLoss()
-    held = config["held"]
+    held = args.held
     held_flat, held_off = _bags(held["history"])
     held_items = torch.as_tensor(held["item"], dtype=torch.long)
     shard = ray.train.get_dataset_shard("train")
-    for epoch in range(start, config["epochs"]):
+    for epoch in range(start, rk.epochs):
         model.train()
         total, n = 0.0, 0
         for batch in shard.iter_batches(
-            batch_size=config["batch_size"],
+            batch_size=rk.batch_size,
             batch_format="numpy",
-            local_shuffle_buffer_size=8 * config["batch_size"],
-            local_shuffle_seed=config["seed"] * 1000 + epoch,
+            local_shuffle_buffer_size=8 * rk.batch_size,
+            local_shuffle_seed=args.seed * 1000 + epoch,
         ):
             flat, offsets = _bags(batch["history"])
             logits = model(flat, offsets, torch.from_numpy(batch["item"].astype(np.int64)))
@@ -364,10 +374,10 @@ def _train_loop(config: dict[str, Any]) -> None:
             if rank == 0:  # one writer; every rank reports (a barrier)
                 torch.save(net.state_dict(), os.path.join(tmp, WEIGHTS_FILE))
                 spec = {
-                    "n_items": config["n_items"],
-                    "hidden": config["hidden"],
-                    "max_history": config["max_history"],
-                    "frozen_embeddings": config["emb"] is not None,
+                    "n_items": args.n_items,
+                    "hidden": rk.hidden,
+                    "max_history": args.max_history,
+                    "frozen_embeddings": args.emb is not None,
                     "epoch": epoch,
                 }
                 with open(os.path.join(tmp, SPEC_FILE), "w") as f:

@@ -18,7 +18,7 @@ import math
 import os
 import tempfile
 import time
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from ray.train import Checkpoint
 
 from sgrec_ray import storage
-from sgrec_ray.config import Config
+from sgrec_ray.config import Config, SasRecSection
 from sgrec_ray.data import schema
 from sgrec_ray.metrics import ranking_metrics
-from sgrec_ray.ray_train import checkpoint_dir, fit, load_state, make_trainer
+from sgrec_ray.ray_train import checkpoint_dir, load_state, ray_train_path, run_trainer
 from sgrec_ray.runs import RunContext, StageResult
 from sgrec_ray.sasrec.model import (
     SasRec,
@@ -48,6 +48,18 @@ MODEL_DIR = "model"
 TRAIN_LOG_FILE = "train_log.jsonl"
 STATE_FILE = "train_state.pt"
 VALID_METRIC = "valid_ndcg@10"
+
+
+@dataclass(frozen=True)
+class SasRecLoopArgs:
+    """Everything a worker of :func:`_train_loop` reads."""
+
+    sasrec: SasRecSection
+    model: SasRecConfig  # the catalogue size and max_len (data.max_history) besides the section's
+    seed: int  # run.seed
+    valid_histories: list[list[int]]
+    valid_targets: list[int]
+    log_uri: str  # rank 0 writes every epoch's record here
 
 
 def run(ctx: RunContext) -> StageResult:
@@ -84,9 +96,7 @@ def train_sasrec(
     """
     started = time.time()
     s = cfg.sasrec
-    storage_path = storage.join(stage_uri, "ray_train")
-    if fresh:
-        storage.delete_dir(storage.join(storage_path, run_name))
+    storage_path = ray_train_path(stage_uri)
     # Materialised first, as SFT does: a worker may hold every CPU of a small machine
     # (sasrec.cpus_per_worker), and a lazy read would then wait for a CPU that never frees.
     ds = ray.data.read_parquet(
@@ -98,40 +108,35 @@ def train_sasrec(
     if s.valid_users is not None:
         valid = valid.slice(0, s.valid_users)
     max_len = cfg.data.max_history
-    loop_config = {
-        "model": {
-            "n_items": n_items,
-            "max_len": max_len,
-            "d_model": s.d_model,
-            "n_layer": s.n_layer,
-            "n_head": s.n_head,
-            "dropout": s.dropout,
-        },
-        "seed": cfg.run.seed,
-        "epochs": s.epochs,
-        "lr": s.lr,
-        "weight_decay": s.weight_decay,
-        "batch_size": s.batch_size,
-        "patience": s.patience,
-        "valid_histories": [list(map(int, h)) for h in valid.column("history").to_pylist()],
-        "valid_targets": [int(t) for t in valid.column("target").to_pylist()],
-        "log_uri": storage.join(stage_uri, TRAIN_LOG_FILE),
-    }
-    print(
-        f"[sasrec] {n_rows} training windows, {n_items} items, d {s.d_model}, {s.n_layer} layers, "
-        f"up to {s.epochs} epochs (patience {s.patience}), {len(valid)} validation users",
-        flush=True,
+    args = SasRecLoopArgs(
+        sasrec=s,
+        model=SasRecConfig(
+            n_items=n_items,
+            max_len=max_len,
+            d_model=s.d_model,
+            n_layer=s.n_layer,
+            n_head=s.n_head,
+            dropout=s.dropout,
+        ),
+        seed=cfg.run.seed,
+        valid_histories=[list(map(int, h)) for h in valid.column("history").to_pylist()],
+        valid_targets=[int(t) for t in valid.column("target").to_pylist()],
+        log_uri=storage.join(stage_uri, TRAIN_LOG_FILE),
     )
-    trainer = make_trainer(
+    result = run_trainer(
         _train_loop,
-        loop_config,
+        args,
         s,
-        name=run_name,
         storage_path=storage_path,
+        run_name=run_name,
+        fresh=fresh,
+        what=f"SASRec run {run_name}",
+        banner=f"[sasrec] {n_rows} training windows, {n_items} items, d {s.d_model}, "
+        f"{s.n_layer} layers, up to {s.epochs} epochs (patience {s.patience}), "
+        f"{len(valid)} validation users",
         datasets={"train": ds},
         num_to_keep=1,
     )
-    result = fit(trainer, f"SASRec run {run_name}")
     outputs = {
         "model": storage.join(stage_uri, MODEL_DIR),
         "item_vectors": storage.join(stage_uri, schema.ITEM_VECTORS_FILE),
@@ -212,13 +217,15 @@ def valid_ndcg(model: SasRec, histories: list[list[int]], targets: list[int]) ->
     return {"valid_hr@10": m["hr@10"], VALID_METRIC: m["ndcg@10"]}
 
 
-def _train_loop(config: dict[str, Any]) -> None:
+def _train_loop(args: SasRecLoopArgs) -> None:
+    """One Ray Train worker: the shard in memory, then epochs of AdamW, each validated."""
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(config["seed"] + rank)
-    model = SasRec(SasRecConfig(**config["model"]))
+    s = args.sasrec
+    torch.manual_seed(args.seed + rank)
+    model = SasRec(args.model)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"], betas=(0.9, 0.98)
+        model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.98)
     )
     start_epoch, best, since_best, log = 0, -math.inf, 0, []
     ckpt = ray.train.get_checkpoint()
@@ -233,7 +240,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     core: SasRec = getattr(model, "module", model)
-    max_len, bs = config["model"]["max_len"], config["batch_size"]
+    max_len, bs = args.model.max_len, s.batch_size
     # The shard is read once into this worker's memory (4 bytes per event): an epoch of SASRec
     # takes seconds, and streaming the shard again from Ray Data each epoch cost more than that.
     rows, loss_from = [], []
@@ -241,10 +248,10 @@ def _train_loop(config: dict[str, Any]) -> None:
         rows.extend(batch["items"])
         loss_from.extend(int(x) for x in batch["loss_from"])
 
-    for epoch in range(start_epoch, config["epochs"]):
+    for epoch in range(start_epoch, s.epochs):
         model.train()
         t0, n_seq, loss_sum, n_batches = time.time(), 0, 0.0, 0
-        order = np.random.default_rng(config["seed"] * 1000 + epoch).permutation(len(rows))
+        order = np.random.default_rng(args.seed * 1000 + epoch).permutation(len(rows))
         for start in range(0, len(order), bs):
             pick = order[start : start + bs]
             inputs, targets = batch_tensors(
@@ -261,7 +268,7 @@ def _train_loop(config: dict[str, Any]) -> None:
             n_seq += len(inputs)
             loss_sum += float(loss.detach())
             n_batches += 1
-        valid = valid_ndcg(core, config["valid_histories"], config["valid_targets"])
+        valid = valid_ndcg(core, args.valid_histories, args.valid_targets)
         record = {
             "epoch": epoch,
             "loss": round(loss_sum / max(n_batches, 1), 5),
@@ -272,10 +279,10 @@ def _train_loop(config: dict[str, Any]) -> None:
         log.append(record)
         improved = record[VALID_METRIC] > best
         best, since_best = (record[VALID_METRIC], 0) if improved else (best, since_best + 1)
-        stop = since_best >= config["patience"] or epoch == config["epochs"] - 1
+        stop = since_best >= s.patience or epoch == s.epochs - 1
         if rank == 0:
             print(
-                f"[sasrec] epoch {epoch + 1}/{config['epochs']} loss {record['loss']:.4f} "
+                f"[sasrec] epoch {epoch + 1}/{s.epochs} loss {record['loss']:.4f} "
                 f"valid HR@10 {record['valid_hr@10']:.4f} NDCG@10 {record[VALID_METRIC]:.4f}"
                 f"{' *' if improved else ''} ({record['epoch_s']:.1f}s)",
                 flush=True,
@@ -290,4 +297,4 @@ def _train_loop(config: dict[str, Any]) -> None:
         if stop:
             break
     if rank == 0:  # every epoch, also those after the best one (the checkpoint's log stops there)
-        storage.write_text(config["log_uri"], "".join(json.dumps(r) + "\n" for r in log))
+        storage.write_text(args.log_uri, "".join(json.dumps(r) + "\n" for r in log))

@@ -121,20 +121,20 @@ def test_a_training_checkpoint_restores_the_item_layout(tmp_path, model):
     """What SFT and A2PO resume from (Ray Train checkpoints) rebuilds the same item-layout model."""
     from ray.train import Checkpoint
 
-    from sgrec_ray.generator.checkpoint import restore_checkpoint, save_checkpoint
+    from sgrec_ray.generator.checkpoint import GeneratorSpec, restore_checkpoint, save_checkpoint
 
     opt = torch.optim.AdamW(model.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    config = {
-        "size": "tiny",
-        "pretrained": None,
-        "level_sizes": LEVEL_SIZES,
-        "item_tokens": TOKENS,
-        "max_history": 7,
-        "sid_vocab_json": sid_vocab_json(),
-    }
+    spec = GeneratorSpec(
+        size="tiny",
+        pretrained=None,
+        level_sizes=LEVEL_SIZES,
+        item_tokens=TOKENS,
+        sid_vocab_json=sid_vocab_json(),
+        max_history=7,
+    )
     ids = identity_map(vocab_size())
-    save_checkpoint(str(tmp_path), model, None, ids, opt, sched, 3, 40, [], config)
+    save_checkpoint(str(tmp_path), model, None, ids, opt, sched, 3, 40, [], spec)
     restored, tokenizer, state, _ = restore_checkpoint(Checkpoint.from_directory(str(tmp_path)))
     assert isinstance(restored, ItemLayoutLM) and tokenizer is None and state["step"] == 40
     x = torch.as_tensor(_seq([4, 5], partial=2))[None]
