@@ -44,6 +44,8 @@ def _guarded(fn: Callable[[], int], debug: bool) -> int:
         return 2
 
 
+EXAMPLE_CONFIG = "experiment YAML, e.g. configs/ml100k.yaml"
+
 # --debug on every subcommand (argparse parents), so it can go anywhere after the subcommand.
 _DEBUG = argparse.ArgumentParser(add_help=False)
 _DEBUG.add_argument(
@@ -59,7 +61,13 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
-def _add_run_args(p: argparse.ArgumentParser, stages_default: str | None) -> None:
+def _config_args(p: argparse.ArgumentParser, config_help: str, *, flag: bool = False) -> None:
+    """The experiment config (positional for ``sgrec``, ``--config`` for ``jobs/*.py``) and its
+    ``--set`` overrides: what every command that reads a config takes."""
+    if flag:
+        p.add_argument("--config", required=True, help=config_help)
+    else:
+        p.add_argument("config", help=config_help)
     p.add_argument(
         "--set",
         dest="overrides",
@@ -68,6 +76,9 @@ def _add_run_args(p: argparse.ArgumentParser, stages_default: str | None) -> Non
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set sft.epochs=3 (repeatable)",
     )
+
+
+def _add_run_args(p: argparse.ArgumentParser, stages_default: str | None) -> None:
     p.add_argument(
         "--stages",
         default=stages_default,
@@ -96,7 +107,7 @@ def job_main(default_stages: str | None, argv: list[str] | None = None) -> int:
         description=f"sgrec-ray job (stages: {default_stages or 'data,sasrec,sid,sft,eval'})",
         parents=[_DEBUG],
     )
-    p.add_argument("--config", required=True, help="experiment YAML, e.g. configs/ml100k.yaml")
+    _config_args(p, EXAMPLE_CONFIG, flag=True)
     _add_run_args(p, default_stages)
     args = p.parse_args(argv)
     _setup_logging(args.verbose)
@@ -202,8 +213,7 @@ def experiment_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description="sgrec-ray experiment job (issue 4 comparison)", parents=[_DEBUG]
     )
-    p.add_argument("--config", required=True, help="experiment YAML, e.g. configs/ml100k.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _config_args(p, EXAMPLE_CONFIG, flag=True)
     p.add_argument("--force", action="store_true", help="retrain arms that already finished")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -285,8 +295,7 @@ def _export_judge(cfg: Config, out: str | None) -> int:
 def export_judge_main(argv: list[str] | None = None) -> int:
     """Entry point of ``jobs/export_judge.py``: ``--config`` plus ``--set`` / ``--out``."""
     p = argparse.ArgumentParser(description="sgrec-ray export-judge job", parents=[_DEBUG])
-    p.add_argument("--config", required=True, help="experiment YAML, e.g. configs/ml100k.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _config_args(p, EXAMPLE_CONFIG, flag=True)
     p.add_argument("--out", default=None, help="default: <storage>/<run>/judge_model")
     args = p.parse_args(argv)
     _setup_logging(False)
@@ -321,26 +330,20 @@ def main(argv: list[str] | None = None) -> int:
     run_p = sub.add_parser(
         "run", help="run pipeline stages for an experiment config", parents=[_DEBUG]
     )
-    run_p.add_argument("config", help="experiment YAML, e.g. configs/ml100k.yaml")
+    _config_args(run_p, EXAMPLE_CONFIG)
     _add_run_args(run_p, None)
 
     show_p = sub.add_parser(
         "config", help="print the fully resolved config as JSON", parents=[_DEBUG]
     )
-    show_p.add_argument("config")
-    show_p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _config_args(show_p, EXAMPLE_CONFIG)
 
     sub.add_parser("stages", help="list the pipeline stages", parents=[_DEBUG])
 
     serve_p = sub.add_parser(
         "serve", help="serve the run's latest generator over HTTP (Ray Serve)", parents=[_DEBUG]
     )
-    serve_p.add_argument(
-        "config", help="experiment YAML whose run is served (see its serve section)"
-    )
-    serve_p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE"
-    )
+    _config_args(serve_p, "experiment YAML whose run is served (see its serve section)")
     serve_p.add_argument(
         "--demo", action="store_true", help="send one request, print it and the answer, then stop"
     )
@@ -351,8 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         help="SFT vs GRPO / Reward-Sum / Adv-Sum / A2PO over seeds + rate study",
         parents=[_DEBUG],
     )
-    exp_p.add_argument("config", help="experiment YAML, e.g. configs/ml100k.yaml")
-    exp_p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _config_args(exp_p, EXAMPLE_CONFIG)
     exp_p.add_argument("--force", action="store_true", help="retrain arms that already finished")
     exp_p.add_argument("-v", "--verbose", action="store_true")
 
@@ -361,8 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         help="draft judge labels with a teacher for review, or import a reviewed sheet",
         parents=[_DEBUG],
     )
-    ann_p.add_argument("config", help="experiment YAML whose data stage has run")
-    ann_p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _config_args(ann_p, "experiment YAML whose data stage has run")
     ann_sub = ann_p.add_subparsers(dest="action", required=True)
     draft_p = ann_sub.add_parser("draft", help="teacher-drafted labels → a review sheet (CSV)")
     draft_p.add_argument("--users", type=int, default=20, help="users to sample")
@@ -380,14 +381,11 @@ def main(argv: list[str] | None = None) -> int:
         help="write the judge model as a Hugging Face safetensors folder (what vLLM loads)",
         parents=[_DEBUG],
     )
-    export_p.add_argument("config", help="experiment YAML whose judge.model is exported")
+    _config_args(export_p, "experiment YAML whose judge.model is exported")
     export_p.add_argument(
         "--out",
         default=None,
         help="folder to write, any URI (default: <storage>/<run>/judge_model)",
-    )
-    export_p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE"
     )
 
     synth_p = sub.add_parser(
