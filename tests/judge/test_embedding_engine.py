@@ -11,7 +11,7 @@ import pytest
 
 from sgrec_ray import pipeline, storage
 from sgrec_ray.config import ConfigError, load_config
-from sgrec_ray.judge.checks import preflight
+from sgrec_ray.judge.checks import check_engine, preflight
 from sgrec_ray.judge.embedding_engine import (
     EMBEDDING_MODEL_ID,
     EmbeddingJudge,
@@ -108,7 +108,7 @@ def test_config_rules_and_checks():
         ["judge.long_history=0", "judge.recent_history=0"],
     ):
         with pytest.raises(ConfigError, match="engine embedding"):
-            _cfg(*bad)
+            check_engine(_cfg(*bad))  # the engine's rules: run by every stage check using it
     with pytest.raises(JudgeSetupError, match="no language model"):
         make_engine(_cfg().judge)
     with pytest.raises(ValueError, match="cannot score aspects"):
