@@ -1,7 +1,8 @@
 """``sgrec export-judge`` and the vLLM judge model: the exported folder is the GGUF judge.
 
 - the folder loads offline with plain transformers and gives the GGUF model's logits;
-- ``judge.engine: vllm`` with a GGUF model fails before any stage (`sgrec config`, the stage checks) with one line naming the command;
+- ``judge.engine: vllm`` with a GGUF model fails before any stage (``sgrec config``, the stage
+  checks) with one line naming the command;
 - the fake vLLM engine refuses a GGUF file as vLLM 0.29 does, and loads the folder;
 - the folder under the fake vLLM engine and the GGUF under the transformers engine give the same
   aspect probabilities, with and without a LoRA adapter built the way the align stage builds one.
