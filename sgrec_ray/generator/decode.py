@@ -31,6 +31,7 @@ import torch
 from sgrec_ray.generator.encoding import history_tokens, left_pad
 from sgrec_ray.generator.item_layout import ItemLayoutLM
 from sgrec_ray.generator.item_scores import blend, incidence, item_logits
+from sgrec_ray.generator.lean import lean_view
 from sgrec_ray.generator.model import Generator, load_generator, unwrap
 from sgrec_ray.sid.trie import SidTrie, SidVocab
 
@@ -43,17 +44,27 @@ class _TokenSteps:
     copied per beam."""
 
     def __init__(
-        self, model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor
+        self,
+        model: torch.nn.Module,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        pos: torch.Tensor,
+        lean: bool = True,
     ) -> None:
         self.model, self.mask = model, mask
+        self.hist_len = mask.sum(-1)
+        self.dtype = next(model.parameters()).dtype
+        # The lean forward where it applies (same weights, same ops, no HF wrappers around them).
+        self.lean = lean_view(unwrap(model)) if lean else None
+        if self.lean is not None:
+            self.first = self.lean.prompt(ids, mask, pos)
+            return
         self.cache_arg, keep_last = _forward_kwargs(model)
         out = model(
             input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **keep_last
         )
         self.cache = _cache_of(out)
         self.first = out.logits[:, -1]
-        self.hist_len = mask.sum(-1)
-        self.dtype = next(model.parameters()).dtype
 
     def advance(
         self, d: int, tokens: torch.Tensor, parent: torch.Tensor, anc: torch.Tensor
@@ -68,10 +79,13 @@ class _TokenSteps:
         )
         mask4d = torch.zeros(allowed.shape, device=tokens.device, dtype=self.dtype)
         mask4d = mask4d.masked_fill(~allowed, torch.finfo(self.dtype).min)[:, None]
+        positions = (self.hist_len + d)[:, None].expand(-1, w)
+        if self.lean is not None:
+            return self.lean.step(tokens, positions, mask4d)
         out = self.model(
             input_ids=tokens,
             attention_mask=mask4d,
-            position_ids=(self.hist_len + d)[:, None].expand(-1, w),
+            position_ids=positions,
             use_cache=True,
             **{self.cache_arg: self.cache},
         )
@@ -111,6 +125,7 @@ def _search_batch(
     device: str,
     items: torch.Tensor | None = None,
     rerank_weight: float = 0.0,
+    lean: bool = True,
 ) -> list[list[tuple[int, float]]]:
     """Beam search for one batch of B users; returns per user up to k (item_idx, score).
 
@@ -127,7 +142,7 @@ def _search_batch(
     steps: _TokenSteps | _ItemSteps = (
         _ItemSteps(net, ids, hist_mask)
         if isinstance(net, ItemLayoutLM)
-        else _TokenSteps(model, ids, hist_mask, pos)
+        else _TokenSteps(model, ids, hist_mask, pos, lean)
     )
     logp = torch.log_softmax(steps.first[:, None].float(), dim=-1)  # [B, beams=1, V_model]
     item_logp = None
@@ -203,6 +218,7 @@ def constrained_beam_search(
     trie: SidTrie | None = None,
     rerank_weight: float = 0.0,
     items: torch.Tensor | None = None,
+    lean: bool = True,
 ) -> list[list[tuple[int, float]]]:
     """Top-k distinct, valid items per user by trie-constrained beam search.
 
@@ -220,6 +236,8 @@ def constrained_beam_search(
             ``(1 - w) log p(SID) + w log p_item`` (see ``generator.item_scores``).
         items: the catalogue's ``item_scores.incidence`` matrix, for callers that decode many
             batches (built here when None and needed).
+        lean: run a Llama generator through ``generator.lean`` (same weights and ops, without
+            the Hugging Face wrappers); False forces the Hugging Face forward (tests compare them).
 
     Returns:
         per user, a list of (item_idx, score) sorted by score, highest first; the score is
@@ -252,6 +270,7 @@ def constrained_beam_search(
             device,
             items,
             rerank_weight,
+            lean,
         )
         for i, r in zip(chunk, found, strict=True):
             results[i] = r
