@@ -167,6 +167,31 @@ def print_sequential(label: str, res: dict) -> None:
     print("  median ms by part: " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
 
 
+SERVE_METRICS = {  # Serve's own histograms (ms): what the proxy and the replicas measured
+    "proxy (HTTP request latency)": "ray_serve_http_request_latency_ms",
+    "replica processing": "ray_serve_deployment_processing_latency_ms",
+}
+
+
+def serve_metric_means(port: int) -> dict[str, float]:
+    """Mean ms of Serve's built-in request histograms from Ray's metrics export (sum / count over
+    every request so far; empty if the export is not reachable)."""
+    import httpx
+
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return {}
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        for label, name in SERVE_METRICS.items():
+            for suffix, into in (("_sum", sums), ("_count", counts)):
+                if line.startswith(name + suffix):
+                    into[label] = into.get(label, 0.0) + float(line.rsplit(" ", 1)[1])
+    return {k: sums[k] / counts[k] for k in sums if counts.get(k)}
+
+
 def engine_timing(cfg, sources, threads: int) -> None:
     """The engine in-process: one request, and a batch of 16, on both decode paths (median ms)."""
     import torch
@@ -286,7 +311,8 @@ def main() -> int:
     users = list(catalogue.histories)
     random.seed(0)
     s = cfg.serve
-    print(f"checkpoint {sources.checkpoint} ({catalogue.n_items} items, {len(users)} users); "
+    where = f"the endpoint at {args.url} as deployed; " if args.url else ""
+    print(f"{where}checkpoint {sources.checkpoint} ({catalogue.n_items} items, {len(users)} users); "
           f"generator.size={cfg.generator.size}, beam_width={s.beam_width}, top-10, layout "
           f"{s.layout}, lean_decode={s.lean_decode}, 1 Model replica ({s.cpus_per_replica} CPU, "
           f"torch_threads={s.torch_threads}), {os.cpu_count()} cores, load avg "
@@ -321,7 +347,9 @@ def deploy_and_measure(cfg, sources, users: list[str], args, port: int) -> float
     import ray
     from ray import serve
 
-    ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
+    metrics_port = _free_port()
+    ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False,
+             _metrics_export_port=metrics_port)  # fmt: skip
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 30})
     url = f"http://127.0.0.1:{port}"
     first_p50 = float("nan")
@@ -337,6 +365,10 @@ def deploy_and_measure(cfg, sources, users: list[str], args, port: int) -> float
                 print_sequential(f"\n{label}", res)
                 if first_p50 != first_p50:
                     first_p50 = res["p50"] / 1e3
+                time.sleep(12)  # Ray pushes metrics to its export every few seconds
+                means = serve_metric_means(metrics_port)
+                print("  Serve's own metrics, mean ms over every request so far: "
+                      + (", ".join(f"{k} {v:.2f}" for k, v in means.items()) or "not exported"))  # fmt: skip
             if not args.no_load:
                 held[mode] = load_sweep(url, users, args, label, {})
     finally:

@@ -459,7 +459,7 @@ class ServeSection:
     max_body_bytes: int = 65536  # larger request bodies get 413
     # Dynamic batching (serving/batcher.py): requests queued while the model works share its next
     # forward; max_batch_size=1 turns batching off. A wait > 0 lingers for more requests.
-    max_batch_size: int = 16
+    max_batch_size: int = 4  # measured on 2 cores: 4 holds the most load (docs/SERVING.md)
     batch_wait_timeout_s: float = 0.0
     # Backpressure per model replica: beyond ongoing + queued, requests get 503 + Retry-After.
     max_ongoing_requests: int = 32

@@ -4,7 +4,8 @@ Why: the generator is small (``small``: 2 layers, d=128), so one request's searc
 not by arithmetic but by the Python around it. Through Hugging Face's ``LlamaForCausalLM`` one
 prompt forward plus the beam steps call ~14,000 Python functions (output dataclasses, mask
 builders, cache objects, deprecation and kernel-hub wrappers); the matmuls and attention are a
-third of the time (``bench/serve.py --profile`` prints it). This module reads the *same* weight
+third of the time. Measured on 2 cores (``bench/serve.py --engine``, ml100k ``small``, beam 20):
+one request 9.4 ms through Hugging Face, 6.8 ms here. This module reads the *same* weight
 tensors (no copy, so a weight update or a hot-swapped model is seen at once) and runs the same
 ops in the same order: RMSNorm in float32, rotary embedding from the model's own ``inv_freq``,
 ``scaled_dot_product_attention``, SwiGLU, tied or untied LM head. Only what decoding needs is
