@@ -134,9 +134,11 @@ def breakdown(total_ms: float, spans: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def sequential(url: str, users: list[str], n: int, headers: dict[str, str], k: int = 10) -> dict:
+def sequential(url: str, users: list[str], n: int, headers: dict[str, str], k: int = 10,
+               get: bool = False) -> dict:  # fmt: skip
     """``n`` requests one after another (keep-alive connection): latency percentiles and the
-    median of each breakdown part (ms)."""
+    median of each breakdown part (ms). ``get``: ``GET /v1/recommend?user_id=…`` instead of a
+    POST body."""
     import httpx
 
     from sgrec_ray.spans import parse_server_timing
@@ -146,7 +148,8 @@ def sequential(url: str, users: list[str], n: int, headers: dict[str, str], k: i
         for i in range(n + 10):  # 10 warm-up requests, not counted
             body = {"user_id": random.choice(users), "k": k}
             start = time.perf_counter()
-            r = client.post("/v1/recommend", json=body)
+            send = client.get if get else client.post
+            r = send("/v1/recommend", **({"params": body} if get else {"json": body}))
             total = (time.perf_counter() - start) * 1e3
             if r.status_code != 200:
                 raise RuntimeError(f"sequential request answered {r.status_code}: {r.text[:200]}")
@@ -288,6 +291,7 @@ def main() -> int:
     p.add_argument("--engine", action="store_true", help="time the engine in-process first")
     p.add_argument("--sequential", type=int, default=200, help="sequential requests (0: none)")
     p.add_argument("--no-load", action="store_true", help="skip the open-loop sweep")
+    p.add_argument("--get", action="store_true", help="sequential requests as GET ?user_id=")
     p.add_argument("--seconds", type=float, default=10.0, help="duration of each load level")
     p.add_argument("--sweep", default="20,40,60,80,100,120,150,180,210,240",
                    help="offered loads (req/s)")  # fmt: skip
@@ -323,7 +327,7 @@ def main() -> int:
     first_p50 = float("nan")
     if args.url:  # an endpoint someone started (serve run ...): measure it as it is
         if args.sequential:
-            res = sequential(args.url, users, args.sequential, headers)
+            res = sequential(args.url, users, args.sequential, headers, get=args.get)
             print_sequential(args.url, res)
             first_p50 = res["p50"] / 1e3
         if not args.no_load:
@@ -361,7 +365,7 @@ def deploy_and_measure(cfg, sources, users: list[str], args, port: int) -> float
             label = f"batch on (max {size})" if size > 1 else "batch off"
             deploy(cfg, sources, size)
             if args.sequential:
-                res = sequential(url, users, args.sequential, {})
+                res = sequential(url, users, args.sequential, {}, get=args.get)
                 print_sequential(f"\n{label}", res)
                 if first_p50 != first_p50:
                     first_p50 = res["p50"] / 1e3

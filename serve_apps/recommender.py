@@ -216,12 +216,30 @@ class Ingress:
         summary="Top-k items for a user id or an item history",
     )
     async def recommend(self, request: Request) -> Response:
-        return await self._serve("recommend", request, lambda: self._recommend(request))
-
-    async def _recommend(self, request: Request) -> Reply:
-        try:
+        async def posted() -> Reply:
             raw = await self._read_body(request)
-            reply = await gateway.recommend(raw, self.limits, self._timed_call)
+            return await gateway.recommend(raw, self.limits, self._timed_call)
+
+        return await self._serve("recommend", request, lambda: self._recommend(posted))
+
+    @api.get(
+        "/v1/recommend",
+        response_model=RecommendResponse,
+        responses=_ERRORS,
+        summary="Top-k items for a user id: ?user_id=…&k=…&exclude_seen=… (no body to fetch)",
+    )
+    async def recommend_by_query(self, request: Request) -> Response:
+        params = list(request.query_params.multi_items())
+
+        async def queried() -> Reply:
+            return await gateway.recommend_query(params, self.limits, self._timed_call)
+
+        return await self._serve("recommend", request, lambda: self._recommend(queried))
+
+    async def _recommend(self, ask: Any) -> Reply:
+        """``ask()`` (parse, then the model call), with overload and a lost replica as 503s."""
+        try:
+            reply = await ask()
         except RequestError as err:
             return Reply(err.status, err.body.model_dump(exclude_none=True))
         except (BackPressureError, Overloaded):

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sgrec_ray.serving.engine import ServingModel
-from sgrec_ray.serving.schema import ErrorResponse, RecommendRequest, RequestError, parse_request
+from sgrec_ray.serving.schema import (
+    ErrorResponse,
+    RecommendRequest,
+    RequestError,
+    parse_query,
+    parse_request,
+)
 from sgrec_ray.spans import Spans
 
 log = logging.getLogger("ray.serve")
@@ -79,9 +85,27 @@ async def recommend(
     limits: Limits,
     call_model: Callable[[RecommendRequest], Awaitable[dict[str, Any]]],
 ) -> Reply:
-    """Validate ``raw`` and ask the model; client errors become 4xx replies, never exceptions."""
+    """Validate the body ``raw`` and ask the model; client errors become 4xx replies."""
+    return await _ask(
+        lambda: parse_request(raw, limits.k_default, limits.k_max, limits.max_history), call_model
+    )
+
+
+async def recommend_query(
+    params: list[tuple[str, str]],
+    limits: Limits,
+    call_model: Callable[[RecommendRequest], Awaitable[dict[str, Any]]],
+) -> Reply:
+    """The same for ``GET /v1/recommend``'s query parameters (``schema.parse_query``)."""
+    return await _ask(lambda: parse_query(params, limits.k_default, limits.k_max), call_model)
+
+
+async def _ask(
+    parse: Callable[[], RecommendRequest],
+    call_model: Callable[[RecommendRequest], Awaitable[dict[str, Any]]],
+) -> Reply:
     try:
-        req = parse_request(raw, limits.k_default, limits.k_max, limits.max_history)
+        req = parse()
         outcome = await call_model(req)
     except RequestError as err:
         return Reply(err.status, err.body.model_dump(exclude_none=True))

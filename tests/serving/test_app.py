@@ -54,6 +54,19 @@ def test_recommend_by_user_id(client, catalogue):
     assert body["model"]["checkpoint_id"] == client.get("/v1/model").json()["checkpoint_id"]
 
 
+def test_get_by_user_id_answers_as_post(served, client, catalogue):
+    url, _ = served
+    user = next(iter(catalogue.histories))
+    posted = _post(client, {"user_id": user, "k": 7, "exclude_seen": False}).json()
+    r = client.get("/v1/recommend", params={"user_id": user, "k": 7, "exclude_seen": "false"})
+    assert r.status_code == 200, r.text
+    assert r.json()["items"] == posted["items"] and "prompt;dur=" in r.headers["server-timing"]
+    for params in ({"user_id": user, "k": "7.0"}, {"k": 3}, {"user_id": user, "x": 1}):
+        bad = client.get("/v1/recommend", params=params)
+        assert bad.status_code == 422 and bad.json()["error"] == "invalid_request", params
+    assert httpx.get(f"{url}/v1/recommend", params={"user_id": user}).status_code == 401
+
+
 def test_recommend_by_history(client, catalogue):
     history = catalogue.item_ids[:3]
     plain = _post(client, {"history": history, "k": 50, "exclude_seen": False}).json()
