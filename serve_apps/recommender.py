@@ -1,14 +1,21 @@
-"""The generator endpoint: a FastAPI ingress in front of batched model replicas. No LLM online.
+"""The generator endpoint: a FastAPI ingress and dynamically batched model replicas. No LLM online.
 
-Two deployments, so each scales on its own resource:
+Two layouts, chosen by ``serve.layout`` (same API, auth, metrics, backpressure, hot swap):
 
-* ``Ingress`` (cheap, async): bearer-token auth, body size limit, JSON/pydantic validation,
-  HTTP status mapping (any unexpected error: a 500 with a request id, the stack in the log),
-  metrics. It never runs the model, so a flood of bad requests costs no model time.
-* ``Model`` (CPU/GPU): holds a :class:`ServingModel`; ``@serve.batch`` gathers concurrent requests
-  into one constrained beam search. ``user_config`` drives ``reconfigure()``: a new checkpoint is
-  loaded *fully* off the event loop and only then swapped in by one reference assignment, so
-  in-flight batches finish on the old model and none fails.
+* ``single`` (default): one deployment, ``Model``, is the FastAPI ingress *and* holds the model
+  (an ``Ingress`` class with a local :class:`ModelReplica`). A request costs the proxy hop only;
+  ingress and model scale together. Measured on 2 cores, the handle hop of ``split`` cost a few
+  ms per request, a third of the whole (docs/BENCHMARKS.md).
+* ``split``: ``Ingress`` (cheap, async, ``num_cpus: 0``) in front of ``Model`` replicas reached by
+  a handle, so each scales on its own resource (many cheap ingress replicas, GPU model replicas).
+
+The ingress does bearer-token auth, the body size limit, JSON/pydantic validation, HTTP status
+mapping (any unexpected error: a 500 with a request id, the stack in the log) and metrics; a
+flood of bad requests costs no model time. The model side (``sgrec_ray.serving.replica``) batches
+requests queued while it works into one forward, and ``user_config`` drives ``reconfigure()``: a
+new checkpoint is loaded *fully* off the event loop and only then swapped in by one reference
+assignment, so in-flight batches finish on the old model and none fails. Every answer carries a
+``Server-Timing`` header with where its time went (``bench/serve.py`` reads it).
 
 Entry points: ``build(args)`` for ``serve run serve_apps/config.yaml`` and RayService
 ``serveConfigV2`` (args: ``config``, ``overrides``); :func:`build_app` for ``sgrec serve``, tests.
@@ -32,9 +39,10 @@ from ray.serve.handle import DeploymentHandle
 from sgrec_ray.config import Config, ServeSection, load_config
 from sgrec_ray.serving import gateway
 from sgrec_ray.serving.auth import TokenStore, challenge
-from sgrec_ray.serving.engine import ServingModel
-from sgrec_ray.serving.gateway import Limits, Reply, answer_batch, error, guarded
+from sgrec_ray.serving.batcher import Overloaded
+from sgrec_ray.serving.gateway import Limits, Reply, error, guarded
 from sgrec_ray.serving.metrics import CONTENT_TYPE, AppMetrics
+from sgrec_ray.serving.replica import ModelReplica
 from sgrec_ray.serving.schema import (
     ErrorResponse,
     RecommendRequest,
@@ -42,16 +50,13 @@ from sgrec_ray.serving.schema import (
     RequestError,
 )
 from sgrec_ray.serving.sources import Sources, resolve_sources
+from sgrec_ray.spans import server_timing
 
 log = logging.getLogger("ray.serve")
 
 # A model replica that died (or was replaced) while holding a request: transient, not a bug. The
 # client gets 503 + Retry-After while Serve starts a new replica, never a 500.
 REPLICA_GONE = (RayActorError, ReplicaUnavailableError)
-
-# user_config keys the Model accepts; anything else is a typo and fails the update loudly.
-RELOAD_KEYS = ("checkpoint", "data", "sid", "stage", "beam_width", "max_history", "device")
-LIVE_KEYS = ("max_batch_size", "batch_wait_timeout_s")
 
 api = FastAPI(
     title="sgrec-ray generator",
@@ -63,72 +68,32 @@ api = FastAPI(
 
 @serve.deployment(name="Model")
 class Model:
-    """One loaded checkpoint per replica; answers whole batches of requests."""
+    """The split layout's model replica: one loaded checkpoint, requests batched dynamically."""
 
     def __init__(self, defaults: dict[str, Any]) -> None:
-        import torch
-
-        torch.set_num_threads(int(defaults.pop("torch_threads", 1)))
-        self.defaults = defaults
-        self.settings = dict(defaults)
-        # Cold start: load before the replica reports ready, so a bad checkpoint fails the deploy.
-        self.serving = _load(self.settings, None)
+        self.core = ModelReplica(defaults)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply ``user_config`` over the build defaults; reload only if a model key changed."""
-        unknown = sorted(set(user_config) - set(RELOAD_KEYS) - set(LIVE_KEYS))
-        if unknown:
-            raise ValueError(
-                f"unknown user_config keys {unknown}; allowed: {[*RELOAD_KEYS, *LIVE_KEYS]}"
-            )
-        new = {**self.defaults, **user_config}
-        if "checkpoint" in user_config and "stage" not in user_config:
-            new["stage"] = None  # a hand-picked URI is not the run stage's output any more
-        self.recommend.set_max_batch_size(int(new["max_batch_size"]))
-        self.recommend.set_batch_wait_timeout_s(float(new["batch_wait_timeout_s"]))
-        if any(new[k] != self.settings.get(k) for k in RELOAD_KEYS):
-            same_data = (new["data"], new["sid"]) == (self.settings["data"], self.settings["sid"])
-            reuse = self.serving.catalogue if same_data else None
-            # Load in a thread: batches keep being answered by the old model meanwhile.
-            loaded = await asyncio.to_thread(_load, new, reuse)
-            self.serving = loaded  # the swap: one reference assignment
-            log.info("model swapped to %s", loaded.info.checkpoint_uri)
-        self.settings = new
+        await self.core.reconfigure(user_config)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def recommend(self, requests: list[RecommendRequest]) -> list[dict[str, Any]]:
-        """Resolve each request (errors stay per request), then one beam search for the rest."""
-        serving = self.serving  # the whole batch uses one model, even if a swap lands meanwhile
-        return await asyncio.to_thread(answer_batch, serving, requests)
+    async def recommend(self, request: RecommendRequest) -> dict[str, Any]:
+        return await self.core.recommend(request)
 
     def info(self) -> dict[str, Any]:
-        return {
-            **self.serving.info.model_dump(),
-            "max_batch_size": self.settings["max_batch_size"],
-            "beam_width": self.settings["beam_width"],
-            "replica": serve.get_replica_context().replica_id.unique_id,
-        }
+        return self.core.info(_replica_id())
 
     async def probe(self) -> dict[str, Any]:
         """Decode one tiny request; the model info when it works (``/healthz``)."""
-        await asyncio.to_thread(self.serving.probe)
+        await self.core.probe()
         return self.info()
 
     async def check_health(self) -> None:
         """Serve's periodic check: decode one tiny request, off the event loop."""
-        await asyncio.to_thread(self.serving.probe)
+        await self.core.probe()
 
 
-def _load(settings: dict[str, Any], catalogue: Any) -> ServingModel:
-    sources = Sources(settings["checkpoint"], settings["data"], settings["sid"], settings["stage"])
-    return ServingModel.load(
-        sources,
-        beam_width=int(settings["beam_width"]),
-        device=settings["device"],
-        max_history=settings["max_history"],
-        catalogue=catalogue,
-        history_cache=settings.get("history_cache"),
-    )
+def _replica_id() -> str:
+    return serve.get_replica_context().replica_id.unique_id
 
 
 def _json(reply: Reply) -> Response:
@@ -157,10 +122,22 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 @serve.deployment(name="Ingress")
 @serve.ingress(api)
 class Ingress:
-    """HTTP edge: authentication, validation, status codes, metrics. Holds no model."""
+    """HTTP edge: authentication, validation, status codes, metrics.
 
-    def __init__(self, model: DeploymentHandle, settings: dict[str, Any]) -> None:
+    ``model``: the split layout's Model handle; None in the single layout, where this replica
+    holds the model itself (``model_defaults``, ``capacity`` requests at most, then 503).
+    """
+
+    def __init__(
+        self,
+        model: DeploymentHandle | None,
+        settings: dict[str, Any],
+        model_defaults: dict[str, Any] | None = None,
+    ) -> None:
         self.model = model
+        self.local = (
+            ModelReplica(model_defaults or {}, int(settings["capacity"])) if model is None else None
+        )
         self.max_body_bytes = int(settings["max_body_bytes"])
         self.limits = Limits(
             int(settings["k_default"]), int(settings["k_max"]), int(settings["max_request_history"])
@@ -179,6 +156,30 @@ class Ingress:
         else:
             log.info("auth: bearer tokens required (%d valid)", len(self.tokens.tokens()))
 
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Single layout: the model's hot swap (see ModelReplica.reconfigure)."""
+        if self.local is None:
+            raise ValueError("user_config belongs to the Model deployment in the split layout")
+        await self.local.reconfigure(user_config)
+
+    async def check_health(self) -> None:
+        if self.local is not None:  # single layout: Serve's periodic check decodes, as Model's
+            await self.local.probe()
+
+    async def _call_model(self, request: RecommendRequest) -> dict[str, Any]:
+        if self.local is not None:
+            return await self.local.recommend(request)
+        assert self.model is not None
+        return await self.model.recommend.remote(request)
+
+    async def _model_info(self, probe: bool = False) -> dict[str, Any]:
+        if self.local is not None:
+            if probe:
+                await self.local.probe()
+            return self.local.info(_replica_id())
+        assert self.model is not None
+        return await (self.model.probe if probe else self.model.info).remote()
+
     def _denied(self, request: Request) -> Reply | None:
         """A 401 reply unless the request carries a valid bearer token (or auth is off)."""
         if self.tokens is None:
@@ -190,15 +191,22 @@ class Ingress:
         return error(401, "unauthorized", detail, challenge(allowed))
 
     async def _serve(self, endpoint: str, request: Request, handler: Any) -> Response:
-        """Auth, then ``handler()`` guarded (500 + request id), timed and counted."""
+        """Auth, then ``handler()`` guarded (500 + request id), timed and counted.
+
+        The response's ``Server-Timing`` header: the model side's spans, ``handle`` (the model
+        call as the ingress saw it) and ``ingress`` (this method, JSON rendering included).
+        """
         start = time.perf_counter()
 
         async def checked() -> Reply:
             return self._denied(request) or await handler()
 
         reply = await guarded(endpoint, checked, self.metrics.observe_internal_error)
-        self.metrics.observe_request(endpoint, reply.status, time.perf_counter() - start)
-        return _json(reply)
+        response = _json(reply)
+        elapsed = time.perf_counter() - start
+        self.metrics.observe_request(endpoint, reply.status, elapsed)
+        response.headers["server-timing"] = server_timing({**reply.spans, "ingress": elapsed * 1e3})
+        return response
 
     @api.post(
         "/v1/recommend",
@@ -208,15 +216,33 @@ class Ingress:
         summary="Top-k items for a user id or an item history",
     )
     async def recommend(self, request: Request) -> Response:
-        return await self._serve("recommend", request, lambda: self._recommend(request))
-
-    async def _recommend(self, request: Request) -> Reply:
-        try:
+        async def posted() -> Reply:
             raw = await self._read_body(request)
-            reply = await gateway.recommend(raw, self.limits, self.model.recommend.remote)
+            return await gateway.recommend(raw, self.limits, self._timed_call)
+
+        return await self._serve("recommend", request, lambda: self._recommend(posted))
+
+    @api.get(
+        "/v1/recommend",
+        response_model=RecommendResponse,
+        responses=_ERRORS,
+        summary="Top-k items for a user id: ?user_id=…&k=…&exclude_seen=… (no body to fetch)",
+    )
+    async def recommend_by_query(self, request: Request) -> Response:
+        params = list(request.query_params.multi_items())
+
+        async def queried() -> Reply:
+            return await gateway.recommend_query(params, self.limits, self._timed_call)
+
+        return await self._serve("recommend", request, lambda: self._recommend(queried))
+
+    async def _recommend(self, ask: Any) -> Reply:
+        """``ask()`` (parse, then the model call), with overload and a lost replica as 503s."""
+        try:
+            reply = await ask()
         except RequestError as err:
             return Reply(err.status, err.body.model_dump(exclude_none=True))
-        except BackPressureError:
+        except (BackPressureError, Overloaded):
             return error(
                 503,
                 "overloaded",
@@ -236,6 +262,12 @@ class Ingress:
             if reply.body.get("fallback_reason"):
                 self.metrics.observe_fallback(reply.body["fallback_reason"])
         return reply
+
+    async def _timed_call(self, request: RecommendRequest) -> dict[str, Any]:
+        start = time.perf_counter()
+        outcome = await self._call_model(request)
+        spans = {**outcome.get("spans", {}), "handle": (time.perf_counter() - start) * 1e3}
+        return {**outcome, "spans": spans}
 
     async def _read_body(self, request: Request) -> bytes:
         """The body, or 413 as soon as it passes the limit (by header, or counted for chunked)."""
@@ -259,14 +291,14 @@ class Ingress:
     @api.get("/v1/model", summary="The checkpoint a model replica serves", responses=_ERRORS)
     async def model_info(self, request: Request) -> Response:
         async def info() -> Reply:
-            return Reply(200, await self.model.info.remote())
+            return Reply(200, await self._model_info())
 
         return await self._serve("model", request, info)
 
     @api.get("/healthz", summary="200 when a model replica decodes a tiny request (no auth)")
     async def healthz(self) -> Response:
         try:
-            info = await asyncio.wait_for(self.model.probe.remote(), timeout=10.0)
+            info = await asyncio.wait_for(self._model_info(probe=True), timeout=10.0)
         except Exception as err:  # any failure to reach a replica means "not healthy"
             return _json(error(503, "unhealthy", f"model not answering: {type(err).__name__}"))
         return JSONResponse({"status": "ok", "checkpoint_id": info["checkpoint_id"]})
@@ -297,10 +329,11 @@ def build_app(
     user_config: dict[str, Any] | None = None,
     auth: bool = True,
 ) -> serve.Application:
-    """The application for ``cfg.serve``: sources resolved here, once, into absolute URIs.
+    """The application for ``cfg.serve`` in its ``layout``: sources resolved here, once.
 
-    ``user_config`` (keys in RELOAD_KEYS, LIVE_KEYS) overrides the build defaults in the replicas;
-    redeploying with only it changed reconfigures running replicas instead of replacing them.
+    ``user_config`` (keys in replica.RELOAD_KEYS, LIVE_KEYS) overrides the build defaults in the
+    deployment that holds the model (named ``Model`` in both layouts); redeploying with only it
+    changed reconfigures running replicas instead of replacing them.
     ``auth=False`` is for ``sgrec serve --demo`` on a loopback address only (the CLI checks that);
     every other path, Serve config files and the RayService included, requires bearer tokens.
     """
@@ -316,15 +349,39 @@ def build_app(
         "max_batch_size": s.max_batch_size,
         "batch_wait_timeout_s": s.batch_wait_timeout_s,
         "torch_threads": s.torch_threads,
+        "lean_decode": s.lean_decode,
     }
+    settings = {
+        "max_body_bytes": s.max_body_bytes,
+        "k_default": s.k_default,
+        "k_max": s.k_max,
+        "max_request_history": s.max_request_history,
+        "retry_after_s": s.retry_after_s,
+        "auth": auth,
+        "auth_tokens_env": s.auth_tokens_env,
+        "auth_tokens_file": s.auth_tokens_file,
+        "metrics_auth": s.metrics_auth,
+        # Single layout: the replica holds at most this many requests, then answers 503.
+        "capacity": s.max_ongoing_requests + s.max_queued_requests,
+    }
+    model_options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": s.cpus_per_replica, "num_gpus": s.gpus_per_replica},
+        "user_config": {"max_batch_size": s.max_batch_size, **(user_config or {})},
+        "health_check_period_s": 10,
+        "backpressure_config": backpressure,
+        **_scaling(s),
+    }
+    if s.layout == "single":
+        # Serve's own queue limit sits above the replica's (2x, as the split ingress's), so the
+        # replica's capacity check answers first, with the same JSON 503 as the split layout.
+        cap = settings["capacity"]
+        return Ingress.options(
+            name="Model", max_ongoing_requests=2 * cap, max_queued_requests=2 * cap, **model_options
+        ).bind(None, settings, defaults)
     model = Model.options(
         max_ongoing_requests=s.max_ongoing_requests,
         max_queued_requests=s.max_queued_requests,
-        backpressure_config=backpressure,
-        ray_actor_options={"num_cpus": s.cpus_per_replica, "num_gpus": s.gpus_per_replica},
-        user_config={"max_batch_size": s.max_batch_size, **(user_config or {})},
-        health_check_period_s=10,
-        **_scaling(s),
+        **model_options,
     ).bind(defaults)
     # The ingress only awaits the model, so it may hold every request the model replicas accept;
     # beyond that the model handle raises BackPressureError -> 503 + Retry-After.
@@ -335,20 +392,7 @@ def build_app(
         backpressure_config=backpressure,
         ray_actor_options={"num_cpus": 0},
     )
-    return ingress.bind(
-        model,
-        {
-            "max_body_bytes": s.max_body_bytes,
-            "k_default": s.k_default,
-            "k_max": s.k_max,
-            "max_request_history": s.max_request_history,
-            "retry_after_s": s.retry_after_s,
-            "auth": auth,
-            "auth_tokens_env": s.auth_tokens_env,
-            "auth_tokens_file": s.auth_tokens_file,
-            "metrics_auth": s.metrics_auth,
-        },
-    )
+    return ingress.bind(model, settings)
 
 
 def build(args: dict[str, Any]) -> serve.Application:

@@ -31,8 +31,10 @@ import torch
 from sgrec_ray.generator.encoding import history_tokens, left_pad
 from sgrec_ray.generator.item_layout import ItemLayoutLM
 from sgrec_ray.generator.item_scores import blend, incidence, item_logits
+from sgrec_ray.generator.lean import lean_view
 from sgrec_ray.generator.model import Generator, load_generator, unwrap
 from sgrec_ray.sid.trie import SidTrie, SidVocab
+from sgrec_ray.spans import Spans
 
 
 class _TokenSteps:
@@ -43,17 +45,27 @@ class _TokenSteps:
     copied per beam."""
 
     def __init__(
-        self, model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor
+        self,
+        model: torch.nn.Module,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        pos: torch.Tensor,
+        lean: bool = True,
     ) -> None:
         self.model, self.mask = model, mask
+        self.hist_len = mask.sum(-1)
+        self.dtype = next(model.parameters()).dtype
+        # The lean forward where it applies (same weights, same ops, no HF wrappers around them).
+        self.lean = lean_view(unwrap(model)) if lean else None
+        if self.lean is not None:
+            self.first = self.lean.prompt(ids, mask, pos)
+            return
         self.cache_arg, keep_last = _forward_kwargs(model)
         out = model(
             input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **keep_last
         )
         self.cache = _cache_of(out)
         self.first = out.logits[:, -1]
-        self.hist_len = mask.sum(-1)
-        self.dtype = next(model.parameters()).dtype
 
     def advance(
         self, d: int, tokens: torch.Tensor, parent: torch.Tensor, anc: torch.Tensor
@@ -68,10 +80,13 @@ class _TokenSteps:
         )
         mask4d = torch.zeros(allowed.shape, device=tokens.device, dtype=self.dtype)
         mask4d = mask4d.masked_fill(~allowed, torch.finfo(self.dtype).min)[:, None]
+        positions = (self.hist_len + d)[:, None].expand(-1, w)
+        if self.lean is not None:
+            return self.lean.step(tokens, positions, mask4d)
         out = self.model(
             input_ids=tokens,
             attention_mask=mask4d,
-            position_ids=(self.hist_len + d)[:, None].expand(-1, w),
+            position_ids=positions,
             use_cache=True,
             **{self.cache_arg: self.cache},
         )
@@ -111,6 +126,8 @@ def _search_batch(
     device: str,
     items: torch.Tensor | None = None,
     rerank_weight: float = 0.0,
+    lean: bool = True,
+    spans: Spans | None = None,
 ) -> list[list[tuple[int, float]]]:
     """Beam search for one batch of B users; returns per user up to k (item_idx, score).
 
@@ -121,18 +138,38 @@ def _search_batch(
     the search itself is one.
     """
     b, w = len(seqs), beam_width
-    ids, hist_mask, pos = left_pad(seqs, token_map.cpu().numpy())
-    ids, hist_mask, pos = ids.to(device), hist_mask.to(device), pos.to(device)
-    net = unwrap(model)
-    steps: _TokenSteps | _ItemSteps = (
-        _ItemSteps(net, ids, hist_mask)
-        if isinstance(net, ItemLayoutLM)
-        else _TokenSteps(model, ids, hist_mask, pos)
-    )
-    logp = torch.log_softmax(steps.first[:, None].float(), dim=-1)  # [B, beams=1, V_model]
+    spans = spans if spans is not None else Spans()
+    with spans("prompt"):  # the history's forward: KV cache + next-token logits
+        ids, hist_mask, pos = left_pad(seqs, token_map.cpu().numpy())
+        ids, hist_mask, pos = ids.to(device), hist_mask.to(device), pos.to(device)
+        net = unwrap(model)
+        steps: _TokenSteps | _ItemSteps = (
+            _ItemSteps(net, ids, hist_mask)
+            if isinstance(net, ItemLayoutLM)
+            else _TokenSteps(model, ids, hist_mask, pos, lean)
+        )
     item_logp = None
-    if rerank_weight > 0 and items is not None:  # [B, n_items]
-        item_logp = torch.log_softmax(item_logits(steps.first.float(), items, token_map), -1)
+    if rerank_weight > 0 and items is not None:  # [B, n_items], once per user from the prompt
+        with spans("rerank"):
+            item_logp = torch.log_softmax(item_logits(steps.first.float(), items, token_map), -1)
+    with spans("beam"):  # the levels (the leaves' blend with item_logp included)
+        return _beam_levels(steps, trie, token_map, b, w, k, dead, device, item_logp, rerank_weight)
+
+
+def _beam_levels(
+    steps: _TokenSteps | _ItemSteps,
+    trie: SidTrie,
+    token_map: torch.Tensor,
+    b: int,
+    w: int,
+    k: int,
+    dead: list[np.ndarray] | None,
+    device: str,
+    item_logp: torch.Tensor | None,
+    rerank_weight: float,
+) -> list[list[tuple[int, float]]]:
+    """The beam's walk down the trie from the prompt's logits; see :func:`_search_batch`."""
+    logp = torch.log_softmax(steps.first[:, None].float(), dim=-1)  # [B, beams=1, V_model]
     dead_t = [torch.from_numpy(x).to(device) for x in dead] if dead is not None else None
     child = [torch.from_numpy(c).to(device) for c in trie.child]
     rows = torch.arange(b, device=device)
@@ -203,6 +240,8 @@ def constrained_beam_search(
     trie: SidTrie | None = None,
     rerank_weight: float = 0.0,
     items: torch.Tensor | None = None,
+    lean: bool = True,
+    spans: Spans | None = None,
 ) -> list[list[tuple[int, float]]]:
     """Top-k distinct, valid items per user by trie-constrained beam search.
 
@@ -220,6 +259,10 @@ def constrained_beam_search(
             ``(1 - w) log p(SID) + w log p_item`` (see ``generator.item_scores``).
         items: the catalogue's ``item_scores.incidence`` matrix, for callers that decode many
             batches (built here when None and needed).
+        lean: run a Llama generator through ``generator.lean`` (same weights and ops, without
+            the Hugging Face wrappers); False forces the Hugging Face forward (tests compare them).
+        spans: where to add the milliseconds of ``exclude`` (trie pruning), ``prompt``,
+            ``rerank`` and ``beam`` (the serving path reports them per request).
 
     Returns:
         per user, a list of (item_idx, score) sorted by score, highest first; the score is
@@ -230,6 +273,7 @@ def constrained_beam_search(
     if exclude is not None and len(exclude) != len(histories):
         raise ValueError(f"exclude has {len(exclude)} entries for {len(histories)} histories")
     trie = trie or SidTrie.from_tokens(item_tokens, SidVocab.infer(item_tokens))
+    spans = spans if spans is not None else Spans()
     vocab = int(np.asarray(item_tokens).max()) + 1
     tmap = torch.as_tensor(token_map if token_map is not None else np.arange(vocab), device=device)
     seqs = [history_tokens(h, np.asarray(item_tokens)) for h in histories]
@@ -240,7 +284,10 @@ def constrained_beam_search(
     results: list[list[tuple[int, float]]] = [[] for _ in seqs]
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        dead = trie.dead_prefixes([exclude[i] for i in chunk]) if exclude is not None else None
+        dead = None
+        if exclude is not None:
+            with spans("exclude"):
+                dead = trie.dead_prefixes([exclude[i] for i in chunk])
         found = _search_batch(
             model,
             [seqs[i] for i in chunk],
@@ -252,6 +299,8 @@ def constrained_beam_search(
             device,
             items,
             rerank_weight,
+            lean,
+            spans,
         )
         for i, r in zip(chunk, found, strict=True):
             results[i] = r
@@ -294,12 +343,18 @@ class Recommender:
     """
 
     def __init__(
-        self, generator: Generator, beam_width: int = 20, batch_size: int = 64, device: str = "cpu"
+        self,
+        generator: Generator,
+        beam_width: int = 20,
+        batch_size: int = 64,
+        device: str = "cpu",
+        lean: bool = True,
     ) -> None:
         self.generator = generator
         self.beam_width = beam_width
         self.batch_size = batch_size
         self.device = device
+        self.lean = lean  # generator.lean where it applies; False: the Hugging Face forward
         self.trie = SidTrie.from_tokens(
             generator.item_tokens, SidVocab.from_json(generator.sid_vocab_json)
         )
@@ -307,9 +362,14 @@ class Recommender:
 
     @classmethod
     def load(
-        cls, checkpoint_uri: str, beam_width: int = 20, batch_size: int = 64, device: str = "cpu"
+        cls,
+        checkpoint_uri: str,
+        beam_width: int = 20,
+        batch_size: int = 64,
+        device: str = "cpu",
+        lean: bool = True,
     ) -> Recommender:
-        return cls(load_generator(checkpoint_uri, device), beam_width, batch_size, device)
+        return cls(load_generator(checkpoint_uri, device), beam_width, batch_size, device, lean)
 
     @property
     def items(self) -> torch.Tensor:
@@ -336,6 +396,7 @@ class Recommender:
         exclude: Sequence[set[int]] | None = None,
         beam_width: int | None = None,
         rerank_weight: float | None = None,
+        spans: Spans | None = None,
     ) -> list[list[tuple[int, float]]]:
         """Per user, top-k (item_idx, score) sorted by score; see constrained_beam_search.
 
@@ -359,4 +420,6 @@ class Recommender:
             trie=self.trie,
             rerank_weight=rerank_weight,
             items=self.items if rerank_weight > 0 else None,
+            lean=self.lean,
+            spans=spans,
         )

@@ -23,6 +23,7 @@ from sgrec_ray.serving.schema import (
     RequestError,
 )
 from sgrec_ray.serving.sources import Sources
+from sgrec_ray.spans import Spans
 
 MAX_NAMED_UNKNOWN = 20  # unknown ids echoed in a 422; the count is always exact
 
@@ -65,13 +66,15 @@ class ServingModel:
         max_history: int | None = None,
         catalogue: Catalogue | None = None,
         history_cache: str | None = None,
+        lean: bool = True,
     ) -> ServingModel:
         """Load checkpoint and catalogue (reusing ``catalogue`` if given); raise on any mismatch.
 
         ``history_cache``: the node-local folder of the mapped history store (None: the default).
+        ``lean``: decode through ``generator.lean`` (False: the Hugging Face forward).
         """
         catalogue = catalogue or load_catalogue(sources.data, sources.sid, history_cache)
-        rec = Recommender.load(sources.checkpoint, beam_width=beam_width, device=device)
+        rec = Recommender.load(sources.checkpoint, beam_width=beam_width, device=device, lean=lean)
         check_compatible(catalogue, rec.generator, sources.checkpoint)
         meta = rec.generator.meta
         info = ModelInfo(
@@ -134,8 +137,12 @@ class ServingModel:
             raise RuntimeError(f"health probe: expected one generated item, got {answer}")
         return answer
 
-    def answer(self, queries: list[Query]) -> list[RecommendResponse]:
-        """Responses in query order; generator queries of equal beam width share one search."""
+    def answer(self, queries: list[Query], spans: Spans | None = None) -> list[RecommendResponse]:
+        """Responses in query order; generator queries of equal beam width share one search.
+
+        ``spans`` gets the decode's milliseconds (``Recommender.recommend``) and ``encode``.
+        """
+        spans = spans if spans is not None else Spans()
         ranked: list[list[tuple[int, float | None]]] = [[] for _ in queries]
         groups: dict[int, list[int]] = defaultdict(list)
         for i, q in enumerate(queries):
@@ -154,11 +161,13 @@ class ServingModel:
                 k=k,
                 exclude=excludes if any(excludes) else None,
                 beam_width=width,
+                spans=spans,
             )
             for i, items in zip(members, found, strict=True):
                 # Leaves are ranked over all beams with top-k, so a smaller k is an exact prefix.
                 ranked[i] = list(items[: queries[i].request.k])
-        return [self._response(q, r) for q, r in zip(queries, ranked, strict=True)]
+        with spans("encode"):
+            return [self._response(q, r) for q, r in zip(queries, ranked, strict=True)]
 
     def _response(self, q: Query, ranked: list[tuple[int, float | None]]) -> RecommendResponse:
         cat = self.catalogue

@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sgrec_ray.serving.engine import ServingModel
-from sgrec_ray.serving.schema import ErrorResponse, RecommendRequest, RequestError, parse_request
+from sgrec_ray.serving.schema import (
+    ErrorResponse,
+    RecommendRequest,
+    RequestError,
+    parse_query,
+    parse_request,
+)
+from sgrec_ray.spans import Spans
 
 log = logging.getLogger("ray.serve")
 
@@ -34,6 +41,7 @@ class Reply:
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
     batch_size: int | None = None  # requests that shared this answer's beam search (200 only)
+    spans: dict[str, float] = field(default_factory=dict)  # ms, the model side's (spans.Spans)
 
 
 def error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Reply:
@@ -44,23 +52,31 @@ def error(status: int, code: str, detail: str, headers: dict[str, str] | None = 
 def answer_batch(serving: ServingModel, requests: list[RecommendRequest]) -> list[dict[str, Any]]:
     """Resolve each request (errors stay per request), then one beam search for the rest.
 
-    Returns one outcome per request: ``{"status", "body"}`` plus ``batch_size`` for a 200.
+    Returns one outcome per request: ``{"status", "body", "spans"}`` plus ``batch_size`` for a
+    200. ``spans`` are this batch's milliseconds (history ``lookup``, ``exclude``, ``prompt``,
+    ``rerank``, ``beam``, response ``encode``), shared by its requests.
     """
+    spans = Spans()
     outcomes: list[dict[str, Any]] = [{} for _ in requests]
     resolved = []
-    for i, req in enumerate(requests):
-        try:
-            resolved.append((i, serving.resolve(req)))
-        except RequestError as err:
-            outcomes[i] = {"status": err.status, "body": err.body.model_dump(exclude_none=True)}
+    with spans("lookup"):
+        for i, req in enumerate(requests):
+            try:
+                resolved.append((i, serving.resolve(req)))
+            except RequestError as err:
+                body = err.body.model_dump(exclude_none=True)
+                outcomes[i] = {"status": err.status, "body": body}
     if resolved:
-        answers = serving.answer([q for _, q in resolved])
-        for (i, _), answer in zip(resolved, answers, strict=True):
-            outcomes[i] = {
-                "status": 200,
-                "body": answer.model_dump(mode="json"),
-                "batch_size": len(requests),
-            }
+        answers = serving.answer([q for _, q in resolved], spans)
+        with spans("encode"):
+            for (i, _), answer in zip(resolved, answers, strict=True):
+                outcomes[i] = {
+                    "status": 200,
+                    "body": answer.model_dump(mode="json"),
+                    "batch_size": len(requests),
+                }
+    for outcome in outcomes:
+        outcome["spans"] = spans.ms
     return outcomes
 
 
@@ -69,13 +85,36 @@ async def recommend(
     limits: Limits,
     call_model: Callable[[RecommendRequest], Awaitable[dict[str, Any]]],
 ) -> Reply:
-    """Validate ``raw`` and ask the model; client errors become 4xx replies, never exceptions."""
+    """Validate the body ``raw`` and ask the model; client errors become 4xx replies."""
+    return await _ask(
+        lambda: parse_request(raw, limits.k_default, limits.k_max, limits.max_history), call_model
+    )
+
+
+async def recommend_query(
+    params: list[tuple[str, str]],
+    limits: Limits,
+    call_model: Callable[[RecommendRequest], Awaitable[dict[str, Any]]],
+) -> Reply:
+    """The same for ``GET /v1/recommend``'s query parameters (``schema.parse_query``)."""
+    return await _ask(lambda: parse_query(params, limits.k_default, limits.k_max), call_model)
+
+
+async def _ask(
+    parse: Callable[[], RecommendRequest],
+    call_model: Callable[[RecommendRequest], Awaitable[dict[str, Any]]],
+) -> Reply:
     try:
-        req = parse_request(raw, limits.k_default, limits.k_max, limits.max_history)
+        req = parse()
         outcome = await call_model(req)
     except RequestError as err:
         return Reply(err.status, err.body.model_dump(exclude_none=True))
-    return Reply(outcome["status"], outcome["body"], batch_size=outcome.get("batch_size"))
+    return Reply(
+        outcome["status"],
+        outcome["body"],
+        batch_size=outcome.get("batch_size"),
+        spans=outcome.get("spans", {}),
+    )
 
 
 def new_request_id() -> str:

@@ -141,15 +141,54 @@ def parse_request(
     try:
         return RecommendRequest.model_validate_json(raw, context=context)
     except ValidationError as err:
-        # Inputs are left out of the echoed errors: they can be large and are the client's anyway.
-        errors = err.errors(include_url=False, include_context=False, include_input=False)
-        if any(e["type"] == "json_invalid" for e in errors):
-            detail = errors[0]["msg"]
-            raise RequestError(400, ErrorResponse(error="invalid_json", detail=detail)) from None
-        if any(e["type"] == "model_type" for e in errors):
-            detail = "the body must be a JSON object"
-            raise RequestError(422, ErrorResponse(error="invalid_request", detail=detail)) from None
-        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors)
-        raise RequestError(
-            422, ErrorResponse(error="invalid_request", detail=detail, errors=errors)
-        ) from None
+        raise _invalid(err) from None
+
+
+QUERY_KEYS = ("user_id", "k", "exclude_seen")
+
+
+def parse_query(params: list[tuple[str, str]], k_default: int, k_max: int) -> RecommendRequest:
+    """A ``GET /v1/recommend?user_id=…&k=…&exclude_seen=…`` query as a request (422 if invalid).
+
+    Why a GET form: through Ray Serve's HTTP proxy a POST body reaches the replica by a call back
+    to the proxy actor, one more round trip per request; a by-user lookup fits in the URL.
+    Values are parsed as strictly as the JSON body's: ``k`` digits only, ``exclude_seen``
+    ``true``/``false``, each key once, no other keys.
+    """
+    names = [name for name, _ in params]
+    problems = [f"{n}: unknown query parameter" for n in names if n not in QUERY_KEYS]
+    problems += [f"{n}: given more than once" for n in set(names) if names.count(n) > 1]
+    values: dict[str, Any] = dict(params)
+    if "k" in values:
+        if not values["k"].isdigit():
+            problems.append("k: must be an integer")
+        else:
+            values["k"] = int(values["k"])
+    if "exclude_seen" in values:
+        flag = values["exclude_seen"].lower()
+        if flag not in ("true", "false"):
+            problems.append("exclude_seen: must be true or false")
+        values["exclude_seen"] = flag == "true"
+    if "user_id" not in values:
+        problems.append("user_id: required (a history goes in a POST body)")
+    if problems:
+        detail = "; ".join(problems)
+        raise RequestError(422, ErrorResponse(error="invalid_request", detail=detail))
+    context = {"k_default": k_default, "k_max": k_max}
+    try:
+        return RecommendRequest.model_validate(values, context=context)
+    except ValidationError as err:
+        raise _invalid(err) from None
+
+
+def _invalid(err: ValidationError) -> RequestError:
+    """The client error of a failed validation: 400 bad JSON, 422 otherwise."""
+    # Inputs are left out of the echoed errors: they can be large and are the client's anyway.
+    errors = err.errors(include_url=False, include_context=False, include_input=False)
+    if any(e["type"] == "json_invalid" for e in errors):
+        return RequestError(400, ErrorResponse(error="invalid_json", detail=errors[0]["msg"]))
+    if any(e["type"] == "model_type" for e in errors):
+        detail = "the body must be a JSON object"
+        return RequestError(422, ErrorResponse(error="invalid_request", detail=detail))
+    detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors)
+    return RequestError(422, ErrorResponse(error="invalid_request", detail=detail, errors=errors))

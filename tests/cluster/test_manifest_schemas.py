@@ -180,7 +180,8 @@ def test_operator_rules_refuse_the_old_manifests():
 
 def _serve_configs() -> list[tuple[str, dict]]:
     configs = [
-        ("serve_apps/config.yaml", yaml.safe_load((REPO / "serve_apps/config.yaml").read_text()))
+        (f"serve_apps/{name}", yaml.safe_load((REPO / "serve_apps" / name).read_text()))
+        for name in ("config.yaml", "config-split.yaml")
     ]
     for name, doc in DOCS:
         if doc["kind"] == "RayService":

@@ -109,16 +109,22 @@ def tokens_file(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def served(tiny_run, ray_session, tokens_file):
-    """(base URL, deploy config) of the app on a free loopback port; one app per test module."""
+def serve_app(run: RunContext, tokens_file: Path, extra: tuple[str, ...] = ()):
+    """Deploy the app (``extra`` overrides, e.g. the layout) on a free loopback port; yields
+    (base URL, deploy config) and shuts Serve down after."""
     import httpx
     from ray import serve
 
     port = free_port()
-    config = deploy_config(tiny_run, port, dict(BATCHING), str(tokens_file))
+    config = deploy_config(run, port, dict(BATCHING), str(tokens_file), extra)
     deploy(config)
     url = f"http://127.0.0.1:{port}"
     assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
     yield url, config
     serve.shutdown()  # never ray.shutdown(): the Ray session is shared by the whole test run
+
+
+@pytest.fixture(scope="module")
+def served(tiny_run, ray_session, tokens_file):
+    """(base URL, deploy config) of the app in its default layout; one app per test module."""
+    yield from serve_app(tiny_run, tokens_file)

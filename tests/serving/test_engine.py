@@ -14,7 +14,7 @@ from sgrec_ray import storage
 from sgrec_ray.runs import RunContext
 from sgrec_ray.serving.catalogue import CatalogueMismatchError, check_compatible, load_catalogue
 from sgrec_ray.serving.engine import ServingModel
-from sgrec_ray.serving.schema import RequestError, parse_request
+from sgrec_ray.serving.schema import RequestError, parse_query, parse_request
 from sgrec_ray.serving.sources import latest_checkpoint, resolve_sources
 
 
@@ -36,6 +36,23 @@ def test_parse_request_defaults_and_bounds():
         with pytest.raises(RequestError) as err:
             parse_request(body, 7, 20)
         assert err.value.status == status
+
+
+def test_parse_query_is_as_strict_as_the_body():
+    req = parse_query([("user_id", "42"), ("k", "3"), ("exclude_seen", "false")], 7, 20)
+    assert (req.user_id, req.k, req.exclude_seen) == ("42", 3, False)
+    assert parse_query([("user_id", "42")], 7, 20).k == 7
+    for params in (
+        [("user_id", "1"), ("k", "-1")],
+        [("user_id", "1"), ("k", "21")],
+        [("user_id", "1"), ("exclude_seen", "yes")],
+        [("user_id", "1"), ("user_id", "2")],
+        [("user_id", "1"), ("history", "1,2")],
+        [],
+    ):
+        with pytest.raises(RequestError) as err:
+            parse_query(params, 7, 20)
+        assert err.value.status == 422, params
 
 
 def test_sources_prefer_the_newest_stage(tiny_run, tmp_path):
