@@ -2,12 +2,14 @@
 
 Two layouts, chosen by ``serve.layout`` (same API, auth, metrics, backpressure, hot swap):
 
-* ``single`` (default): one deployment, ``Model``, is the FastAPI ingress *and* holds the model
+* ``split`` (default): ``Ingress`` (cheap, async, ``num_cpus: 0``) in front of ``Model`` replicas
+  reached by a handle, so each scales on its own resource (many cheap ingress replicas, GPU model
+  replicas), and a model replica that dies costs its requests a JSON 503, never a 500.
+* ``single``: one deployment, ``Model``, is the FastAPI ingress *and* holds the model
   (an ``Ingress`` class with a local :class:`ModelReplica`). A request costs the proxy hop only;
   ingress and model scale together. Measured on 2 cores, the handle hop of ``split`` cost a few
-  ms per request, a third of the whole (docs/BENCHMARKS.md).
-* ``split``: ``Ingress`` (cheap, async, ``num_cpus: 0``) in front of ``Model`` replicas reached by
-  a handle, so each scales on its own resource (many cheap ingress replicas, GPU model replicas).
+  ms per request, a third of the whole (docs/BENCHMARKS.md); a killed replica was also the
+  ingress, so a request it held can get Serve's proxy's own 500.
 
 The ingress does bearer-token auth, the body size limit, JSON/pydantic validation, HTTP status
 mapping (any unexpected error: a 500 with a request id, the stack in the log) and metrics; a

@@ -436,11 +436,13 @@ class ServeSection:
     metrics_auth: bool = True  # false: /metrics is open (e.g. to an in-cluster Prometheus)
     app_name: str = "sgrec"
     route_prefix: str = "/"
-    # "single": one deployment (Model) is both the HTTP ingress and the model, scaled together:
-    # no handle hop per request. "split": an Ingress deployment in front of Model replicas
-    # (each scales on its own). Same API, auth, metrics, backpressure and hot swap; the Serve
-    # config must list the layout's deployments (serve_apps/config.yaml, config-split.yaml).
-    layout: Literal["single", "split"] = "single"
+    # "split": an Ingress deployment in front of Model replicas (each scales on its own; a dead
+    # model replica costs its requests a JSON 503). "single": one deployment (Model) is both the
+    # HTTP ingress and the model, scaled together: no handle hop per request, but a killed
+    # replica can cost a request Serve's own 500. Same API, auth, metrics, backpressure and hot
+    # swap; the Serve config lists the layout's deployments (serve_apps/config.yaml,
+    # config-single.yaml).
+    layout: Literal["single", "split"] = "split"
     # Generator checkpoint URI. None = the newest stage output that exists: a2po, else sft.
     checkpoint: str | None = None
     # The data stage folder (catalogue, histories, popularity) and the sid stage folder. None = this run's.

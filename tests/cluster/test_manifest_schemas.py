@@ -181,7 +181,7 @@ def test_operator_rules_refuse_the_old_manifests():
 def _serve_configs() -> list[tuple[str, dict]]:
     configs = [
         (f"serve_apps/{name}", yaml.safe_load((REPO / "serve_apps" / name).read_text()))
-        for name in ("config.yaml", "config-split.yaml")
+        for name in ("config.yaml", "config-single.yaml")
     ]
     for name, doc in DOCS:
         if doc["kind"] == "RayService":

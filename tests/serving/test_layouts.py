@@ -1,6 +1,7 @@
-"""The split layout (Ingress + Model through a handle) against the same contract as the single
-one in test_app.py: API, auth, metrics, backpressure, hot swap of user_config, the spans header,
-and its own replica-kill contract (503 only: the ingress survives the model replica)."""
+"""The single layout (one deployment is ingress and model) against the same contract as the
+default, split one in test_app.py: API, auth, metrics, backpressure, hot swap of user_config, the
+spans header, and its own replica-kill contract (the dead replica was also the ingress, so a
+request it held can get Serve's proxy's own 500)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from tests.serving.replica_kill import kill_under_load, report
 
 
 @pytest.fixture(scope="module")
-def split(tiny_run, ray_session, tokens_file):
-    yield from serve_app(tiny_run, tokens_file, ("serve.layout=split",))
+def single(tiny_run, ray_session, tokens_file):
+    yield from serve_app(tiny_run, tokens_file, ("serve.layout=single",))
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +29,8 @@ def catalogue(tiny_run):
     return load_catalogue(tiny_run.stage_uri("data"), tiny_run.stage_uri("sid"))
 
 
-def test_same_answers_auth_and_spans(split, tiny_run, catalogue):
-    url, _ = split
+def test_same_answers_auth_and_spans(single, tiny_run, catalogue):
+    url, _ = single
     user = next(iter(catalogue.histories))
     assert httpx.post(f"{url}/v1/recommend", json={"user_id": user}).status_code == 401
     wrong = {"authorization": "Bearer " + "x" * 32}
@@ -53,8 +54,8 @@ def test_same_answers_auth_and_spans(split, tiny_run, catalogue):
     assert httpx.get(f"{url}/metrics").status_code == 401
 
 
-def test_overload_is_a_503_with_retry_after(split, catalogue):
-    url, _ = split
+def test_overload_is_a_503_with_retry_after(single, catalogue):
+    url, _ = single
     users = list(catalogue.histories)
 
     async def burst() -> list[httpx.Response]:
@@ -75,11 +76,12 @@ def test_overload_is_a_503_with_retry_after(split, catalogue):
     assert all(r.headers.get("retry-after") for r in rejected)
 
 
-def test_a_model_replica_killed_under_load_costs_503s_only(split, catalogue):
-    """The split layout's contract: the ingress outlives the model replica, so a request the
-    dead replica held is a 503 `unavailable` with Retry-After, never a 500."""
-    url, _ = split
+def test_a_replica_killed_under_load_costs_503s_or_proxy_500s(single, catalogue):
+    """The single layout's contract: requests sent while the replica restarts are 503s with
+    Retry-After; one the dead replica held when it died is answered by Serve's proxy itself, a
+    500 (no body of ours). Never a dropped connection or a 4xx."""
+    url, _ = single
     res = kill_under_load(url, next(iter(catalogue.histories)))
-    print(report("split", res))
+    print(report("single", res))
     lost = [s for s in res["statuses"] if s != 200]
-    assert set(lost) <= {503}, lost
+    assert set(lost) <= {500, 503}, lost

@@ -16,8 +16,8 @@ def _serve_configs() -> dict[str, dict]:
     service = yaml.safe_load((REPO / "cluster" / "rayservice.yaml").read_text())
     return {
         "serve_apps/config.yaml": yaml.safe_load((REPO / "serve_apps" / "config.yaml").read_text()),
-        "serve_apps/config-split.yaml": yaml.safe_load(
-            (REPO / "serve_apps" / "config-split.yaml").read_text()
+        "serve_apps/config-single.yaml": yaml.safe_load(
+            (REPO / "serve_apps" / "config-single.yaml").read_text()
         ),
         "cluster/rayservice.yaml": yaml.safe_load(service["spec"]["serveConfigV2"]),
     }
@@ -31,7 +31,7 @@ def test_serve_config_is_valid_and_names_our_app(name, config):
     assert (REPO / app.args["config"]).is_file()
     deployments = {d.name: d for d in app.deployments}
     # The deployments listed must be the layout's: Serve refuses a name the app does not have.
-    split = "serve.layout=split" in app.args.get("overrides", [])
+    split = "serve.layout=single" not in app.args.get("overrides", [])  # split: the default
     assert set(deployments) == ({"Ingress", "Model"} if split else {"Model"})
     assert set(deployments["Model"].user_config) <= {*RELOAD_KEYS, *LIVE_KEYS}
     assert deployments["Model"].max_queued_requests > 0  # overload must be a 503, not a hang
