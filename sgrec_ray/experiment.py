@@ -156,7 +156,6 @@ def run_experiment(cfg: Config, *, semantic: Any | None = None, force: bool = Fa
         ),
     }
     write_manifest(ctx, STAGE, "experiment", {}, StageResult(metrics=metrics), started)
-
     write_report(ctx)
     return metrics
 
